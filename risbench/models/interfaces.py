@@ -1,0 +1,132 @@
+"""What flows between encoder -> fpn -> decoder, and what each side declares it provides and requires.
+
+Traits (strings) are how components declare compatibility; `build_segmenter` checks them and fails
+with a message that names both sides. Vocabulary:
+  joint_tokens   visual and text tokens come from one joint sequence at the same width (single encoder)
+  single_scale   every visual stage has the same grid (a plain ViT)
+  multi_scale    visual stages form a pyramid of strides (Swin, a simple feature pyramid)
+  visual_cls     a visual CLS token travels with the visual features
+  text_tokens    per-word text features travel with the output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Static description of an encoder's output (channels and strides per stage, text width)."""
+
+    visual_dims: tuple[int, ...]
+    visual_strides: tuple[int, ...]
+    text_dim: int
+    traits: frozenset[str]
+
+
+@dataclass
+class EncoderFeatures:
+    """Per-stage encoder outputs.
+
+    visual: (B, C_k, H_k, W_k) per stage (patch grid only, no CLS);
+    text: (B, L, C_t) per stage (a dual encoder repeats its final text states);
+    text_pad_mask: (B, L) bool, True on padding; visual_cls: (B, C_k) per stage, or None.
+    """
+
+    visual: list[Tensor]
+    text: list[Tensor]
+    text_pad_mask: Tensor
+    visual_cls: list[Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """Static description of an FPN's output."""
+
+    dim: int
+    stride: int
+    traits: frozenset[str]
+
+
+@dataclass
+class FusedFeatures:
+    """The FPN's output: one fused visual map plus text tokens at the same width `dim`.
+
+    visual: (B, D, H, W); text: (B, L, D); text_pad_mask: (B, L) True on pad; visual_cls: (B, D) or None.
+    """
+
+    visual: Tensor
+    text: Tensor
+    text_pad_mask: Tensor
+    visual_cls: Tensor | None = None
+
+
+@dataclass
+class DecoderOutput:
+    """Mask logits at 1/4 of the input resolution, (B, 1, H/4, W/4), plus training-only extras
+    (auxiliary predictions) that a decoder's `extra_losses` turns into loss terms."""
+
+    logits: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """Base class of encoders: `forward(image, text_ids, text_pad_mask) -> EncoderFeatures`."""
+
+    tokenizer_family: ClassVar[str] = "sentencepiece"
+    # mean/std the images are normalised with (per encoder family)
+    pixel_mean: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
+    pixel_std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
+    out_spec: FeatureSpec
+    image_size: int
+    vocab_size: int
+    weights: str  # "random" or the path the weights came from
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) excluded from weight decay."""
+        return set()
+
+
+class FPN(nn.Module):
+    """Base class of FPNs/necks: `forward(EncoderFeatures) -> FusedFeatures`."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    out_spec: FusedSpec
+
+
+class Decoder(nn.Module):
+    """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def extra_losses(self, out: DecoderOutput, target: Tensor, batch: dict) -> dict[str, Tensor]:
+        """Weighted auxiliary loss terms for training (CGFormer, DMMI); none by default.
+
+        target: (B, 1, H, W) float mask at the logits' resolution."""
+        return {}
+
+
+def split_joint(tokens: Tensor, num_visual: int) -> tuple[Tensor, Tensor]:
+    """Split a joint sequence (B, N_v + N_t, D) into its visual and text parts."""
+    return tokens[:, :num_visual], tokens[:, num_visual:]
+
+
+def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H*W, D) -> (B, D, H, W)."""
+    b, n, d = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, d, grid[0], grid[1])
+
+
+def map_to_tokens(fmap: Tensor) -> Tensor:
+    """(B, D, H, W) -> (B, H*W, D)."""
+    return fmap.flatten(2).transpose(1, 2)
+
+
+def attention_mask_from_padding(pad_mask: Tensor, num_prefix: int) -> Tensor:
+    """Key mask for SDPA over [prefix tokens (never masked); text tokens]: (B, 1, 1, N) bool, True = attend."""
+    keep_prefix = torch.ones(pad_mask.shape[0], num_prefix, dtype=torch.bool, device=pad_mask.device)
+    return torch.cat([keep_prefix, ~pad_mask], dim=1)[:, None, None, :]

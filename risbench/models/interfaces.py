@@ -7,6 +7,7 @@ with a message that names both sides. Vocabulary:
   multi_scale    visual stages form a pyramid of strides (Swin, a simple feature pyramid)
   visual_cls     a visual CLS token travels with the visual features
   text_tokens    per-word text features travel with the output
+  pyramid        (FPN output) a multi-scale list of fused maps travels with the output
 """
 
 from __future__ import annotations
@@ -50,19 +51,23 @@ class FusedSpec:
     dim: int
     stride: int
     traits: frozenset[str]
+    pyramid_dims: tuple[int, ...] = ()  # channels of `FusedFeatures.pyramid`, finest first
+    pyramid_strides: tuple[int, ...] = ()
 
 
 @dataclass
 class FusedFeatures:
     """The FPN's output: one fused visual map plus text tokens at the same width `dim`.
 
-    visual: (B, D, H, W); text: (B, L, D); text_pad_mask: (B, L) True on pad; visual_cls: (B, D) or None.
+    visual: (B, D, H, W); text: (B, L, D); text_pad_mask: (B, L) True on pad; visual_cls: (B, D) or None;
+    pyramid: optional multi-scale fused maps, finest first (LAVT-style FPNs over a pyramid encoder).
     """
 
     visual: Tensor
     text: Tensor
     text_pad_mask: Tensor
     visual_cls: Tensor | None = None
+    pyramid: list[Tensor] | None = None
 
 
 @dataclass

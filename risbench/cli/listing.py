@@ -29,7 +29,9 @@ def list_rows(kind: str) -> list[tuple[str, str, str]]:
 def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_cmd(
-        kind: str = typer.Argument(None, help="encoders, fpns, decoders, datasets, losses, metrics, models, recipes"),
+        kind: str = typer.Argument(
+            None, help="encoders, fpns, decoders, datasets, losses, metrics, models, recipes"
+        ),
     ) -> None:
         """List what can be combined: components (with their options) and presets."""
         console = Console()

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from risbench.config import apply_overrides, find_preset, load_config, merge
 from risbench.errors import IncompatibleError, RisbenchError
-from risbench.models.interfaces import DecoderOutput, Decoder, Encoder, FPN
+from risbench.models.interfaces import FPN, Decoder, DecoderOutput, Encoder
 from risbench.registry import DECODERS, ENCODERS, FPNS
 
 MODEL_KEYS = ("encoder", "fpn", "decoder")
@@ -53,7 +53,9 @@ def resolve_model_spec(
         spec = load_config(find_preset("models", preset_or_spec))
     for key, value in sections.items():
         if key not in MODEL_KEYS:
-            raise RisbenchError(f"build_model: unknown section '{key}'; expected one of {', '.join(MODEL_KEYS)}")
+            raise RisbenchError(
+                f"build_model: unknown section '{key}'; expected one of {', '.join(MODEL_KEYS)}"
+            )
         spec = merge(spec, {key: value})
     # A new component name drops the old component's options (they belong to the old one).
     for item in overrides or []:
@@ -96,7 +98,9 @@ def build_segmenter(spec: dict[str, Any], where: str = "model") -> Segmenter:
     return Segmenter(encoder, fpn, decoder, copy.deepcopy(spec))
 
 
-def _check_traits(kind: str, name: str, needs: frozenset[str], other_kind: str, other: str, has: frozenset[str]) -> None:
+def _check_traits(
+    kind: str, name: str, needs: frozenset[str], other_kind: str, other: str, has: frozenset[str]
+) -> None:
     missing = set(needs) - set(has)
     if missing:
         raise IncompatibleError(
@@ -106,7 +110,9 @@ def _check_traits(kind: str, name: str, needs: frozenset[str], other_kind: str, 
 
 
 def build_model(
-    preset_or_spec: str | Path | dict[str, Any] = "shared-ris-b", overrides: list[str] | None = None, **sections: Any
+    preset_or_spec: str | Path | dict[str, Any] = "shared-ris-b",
+    overrides: list[str] | None = None,
+    **sections: Any,
 ) -> Segmenter:
     """Public entry point: `build_model('shared-ris-b', fpn={'name': 'cris'})` or with `overrides=['fpn.name=cris']`."""
     return build_segmenter(resolve_model_spec(preset_or_spec, overrides, **sections))

@@ -89,13 +89,19 @@ class SharedFPN(FPN):
         self.norm = nn.ModuleList([nn.LayerNorm(cfg.dim) for _ in range(k)])
         self.attn = nn.ModuleList([Attention(cfg.dim, cfg.num_heads) for _ in range(k)])
         self.fuse = nn.Linear(k * cfg.dim, cfg.dim)
-        self.out_spec = FusedSpec(cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"}))
+        self.out_spec = FusedSpec(
+            cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"})
+        )
 
     def forward(self, feats: EncoderFeatures) -> FusedFeatures:
         grid = feats.visual[0].shape[-2:]
         has_cls = feats.visual_cls is not None
         num_prefix = grid[0] * grid[1] + int(has_cls)
-        mask = attention_mask_from_padding(feats.text_pad_mask, num_prefix) if self.cfg.mask_text_padding else None
+        mask = (
+            attention_mask_from_padding(feats.text_pad_mask, num_prefix)
+            if self.cfg.mask_text_padding
+            else None
+        )
         outs = []
         for k in range(len(self.proj)):
             vis, txt, cls = _joint_tokens(feats, k)
@@ -142,7 +148,9 @@ class NoFPN(FPN):
                 f"got {in_spec.visual_dims[-1]} and {in_spec.text_dim}"
             )
         self.proj = ModalityLinear(in_spec.text_dim, cfg.dim, cfg.multiway_proj)
-        self.out_spec = FusedSpec(cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"}))
+        self.out_spec = FusedSpec(
+            cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"})
+        )
 
     def forward(self, feats: EncoderFeatures) -> FusedFeatures:
         vis, txt, cls = _joint_tokens(feats, -1)

@@ -20,6 +20,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Reproducible comparisons of fusion strategies for referring image segmentation."""
+
+
 for _module in sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__)):
     if _module != "main":
         importlib.import_module(f"risbench.cli.{_module}").register(app)
@@ -36,10 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors from (typer's vendored) click: bad option, missing argument.
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             return 2
         raise

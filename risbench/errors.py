@@ -31,5 +31,8 @@ def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
     """'unknown encoder 'beit'; did you mean 'beit3'? known: a, b, c'."""
     known = sorted(known)
     guess = closest(name, known)
-    hint = f"; did you mean '{guess}'?" if guess else ""
-    return f"unknown {what} '{name}'{hint} known: {', '.join(known) if known else '(none)'}"
+    parts = [f"unknown {what} '{name}'"]
+    if guess:
+        parts.append(f"did you mean '{guess}'?")
+    parts.append(f"known: {', '.join(known) if known else '(none)'}")
+    return "; ".join(parts)

@@ -51,7 +51,9 @@ def small_pipeline(fpn_cls=SharedFPN, fpn_cfg=None, dec_layers: int = 1):
     torch.manual_seed(0)
     enc_spec = spec(32, 3)
     fpn = fpn_cls(fpn_cfg or SharedFPNConfig(dim=16, num_heads=2), enc_spec)
-    dec_cfg = to_dataclass(SharedDecoderConfig, {"num_layers": dec_layers, "num_heads": 2, "head": {"conv_dim": 8}}, "d")
+    dec_cfg = to_dataclass(
+        SharedDecoderConfig, {"num_layers": dec_layers, "num_heads": 2, "head": {"conv_dim": 8}}, "d"
+    )
     dec = SharedDecoder(dec_cfg, fpn.out_spec, enc_spec)
     return fpn.eval(), dec.eval()
 

@@ -1,0 +1,297 @@
+"""BEiT-3 multiway transformer encoder, key-compatible with the official unilm/torchscale checkpoints.
+
+Our own implementation of the encoder described in seed_specs §1.1 (seed000 §III-A; reference layout:
+microsoft/torchscale `model/BEiT3.py`, `architecture/encoder.py`, `component/multihead_attention.py`,
+`component/multiway_network.py`, `component/embedding.py`, `component/feedforward_network.py`).
+Every module and parameter name maps 1:1 onto an official key once its "beit3." prefix is removed,
+so `load_beit3_weights` can check a checkpoint key by key (see beit3_checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from risbench.errors import RisbenchError
+from risbench.models.encoders.beit3_checkpoint import load_beit3_weights
+from risbench.models.interfaces import (
+    Encoder,
+    EncoderFeatures,
+    FeatureSpec,
+    attention_mask_from_padding,
+    tokens_to_map,
+)
+from risbench.models.layers import DropPath
+from risbench.registry import ENCODERS
+
+logger = logging.getLogger(__name__)
+
+# width, depth, heads; the FFN is 4x the width (unilm beit3/modeling_utils.py: base, large).
+# "tiny" is ours, for CPU tests and smoke runs.
+BEIT3_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (192, 4, 3),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+# fairseq convention kept by torchscale: position ids start at 2, rows 0 and 1 of both tables are unused
+POSITION_OFFSET = 2
+# parameters torchscale's sub-LN ("Magneto") init multiplies by sqrt(log(2 * depth))
+MAGNETO_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
+
+
+@dataclass
+class Beit3Config:
+    """Options of the BEiT-3 encoder."""
+
+    size: str = "base"  # tiny | base | large
+    image_size: int = 480
+    patch_size: int = 16
+    vocab_size: int = 64010
+    embed_dim: int | None = None  # overrides the size's width
+    depth: int | None = None  # overrides the size's number of layers
+    num_heads: int | None = None  # overrides the size's number of heads
+    out_indices: tuple[int, ...] = (3, 6, 9, 12)  # 1-based layer outputs returned to the FPN
+    drop_path: float = 0.1  # stochastic depth of the last layer (linear from 0 at the first)
+    weights: str | None = None  # an official BEiT-3 checkpoint (.pth); None = random init
+    max_text_positions: int = 1024
+    layernorm_eps: float = 1e-5
+
+
+def resolve_dims(cfg: Beit3Config) -> tuple[int, int, int]:
+    """(width, depth, heads) from the size preset and the explicit overrides; invalid values raise."""
+    if cfg.size not in BEIT3_SIZES:
+        raise RisbenchError(f"encoder beit3: unknown size '{cfg.size}'; known: {', '.join(BEIT3_SIZES)}")
+    width, depth, heads = BEIT3_SIZES[cfg.size]
+    width = cfg.embed_dim or width
+    depth = cfg.depth or depth
+    heads = cfg.num_heads or heads
+    if width % heads:
+        raise RisbenchError(f"encoder beit3: embed_dim {width} is not divisible by num_heads {heads}")
+    if cfg.image_size % cfg.patch_size:
+        raise RisbenchError(
+            f"encoder beit3: image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}"
+        )
+    idx = tuple(cfg.out_indices)
+    if not idx or any(j < 1 or j > depth for j in idx) or list(idx) != sorted(set(idx)):
+        raise RisbenchError(
+            f"encoder beit3: out_indices {list(idx)} must be increasing layer numbers within 1..{depth} "
+            f"(1-based; depth {depth})"
+        )
+    return width, depth, heads
+
+
+class Multiway(nn.Module):
+    """Two copies of a module: A for the first `split` tokens (vision: cls + patches), B for the rest (text).
+
+    Mirrors torchscale's MultiwayNetwork (keys `<name>.A.*`, `<name>.B.*`), with the split passed in."""
+
+    def __init__(self, make: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.A = make()
+        self.B = make()
+
+    def forward(self, x: Tensor, split: int) -> Tensor:
+        return torch.cat([self.A(x[:, :split]), self.B(x[:, split:])], dim=1)
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> sub-LN (`ffn_layernorm`, over the hidden width) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.ffn_layernorm = nn.LayerNorm(hidden, eps=eps)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.ffn_layernorm(F.gelu(self.fc1(x))))
+
+
+class MultiwayAttention(nn.Module):
+    """Self-attention with per-modality q/k/v/out projections and sub-LN; one softmax over all tokens."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = Multiway(lambda: nn.Linear(dim, dim))
+        self.k_proj = Multiway(lambda: nn.Linear(dim, dim))
+        self.v_proj = Multiway(lambda: nn.Linear(dim, dim))
+        self.out_proj = Multiway(lambda: nn.Linear(dim, dim))
+        self.inner_attn_ln = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+
+    def forward(self, x: Tensor, split: int, key_mask: Tensor | None) -> Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(b, n, h, d // h).transpose(1, 2)
+
+        q, k, v = (heads(p(x, split)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # scale head_dim**-0.5
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.out_proj(self.inner_attn_ln(out, split), split)
+
+
+class Beit3Layer(nn.Module):
+    """Pre-LN multiway block: x + MSA(LN(x)); x + FFN(LN(x)), with per-modality LNs and FFNs."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, drop_path: float) -> None:
+        super().__init__()
+        self.self_attn_layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+        self.self_attn = MultiwayAttention(dim, num_heads, eps)
+        self.final_layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+        self.ffn = Multiway(lambda: FeedForward(dim, 4 * dim, eps))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, split: int, key_mask: Tensor | None) -> Tensor:
+        x = x + self.drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, key_mask))
+        return x + self.drop_path(self.ffn(self.final_layer_norm(x, split), split))
+
+
+class VisionEmbed(nn.Module):
+    """Patch embedding (Conv p x p, stride p) with a prepended CLS token; `mask_token` is for MIM only."""
+
+    def __init__(self, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # kept for checkpoint compatibility; unused
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = self.proj(image).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class Beit3Body(nn.Module):
+    """torchscale's `Encoder` part: position tables, the layers and the final multiway LayerNorm."""
+
+    def __init__(self, dim, depth, heads, num_vision_tokens, max_text_positions, eps, drop_path) -> None:
+        super().__init__()
+        self.embed_positions = nn.Module()
+        self.embed_positions.A = nn.Embedding(num_vision_tokens + POSITION_OFFSET, dim)
+        self.embed_positions.B = nn.Embedding(max_text_positions, dim)
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.layers = nn.ModuleList([Beit3Layer(dim, heads, eps, rates[i]) for i in range(depth)])
+        self.layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
+
+
+@ENCODERS.register("beit3", config=Beit3Config)
+class Beit3Encoder(Encoder):
+    """BEiT-3 multiway transformer (vision + text in one joint sequence), official checkpoint layout.
+
+    forward(image (B,3,S,S), text_ids (B,L), text_pad_mask (B,L) True=pad) -> EncoderFeatures with, for
+    each j in `out_indices`: the patch map (B, d, S/p, S/p), the visual CLS (B, d) and the text tokens
+    (B, L, d). `text_ids` come framed by the tokenizer as [<s>, tokens..., </s>, <pad>...], so the text
+    CLS is text index 0.
+
+    Sequence: [vis_cls, patches] + position table A rows 2..n+2, then text embeddings + table B rows
+    2..L+2 (position ids start at 2, fairseq style). Padded text embeddings are zeroed and padded text
+    is masked as attention keys (torchscale's encoder_padding_mask); multiway copy A (vision) serves
+    the first n+1 tokens, copy B (language) the text tokens; only the softmax runs over the joint
+    sequence.
+
+    Decision on seed_specs §1.1 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
+    is returned as torchscale's `encoder_states[j]`, i.e. *before* the final multiway LayerNorm; for
+    j == depth the final multiway LayerNorm (`encoder.layer_norm`) is applied, i.e. torchscale's
+    `encoder_out`.
+
+    Random init follows torchscale: nn defaults, text embedding N(0, d^-0.5), zero cls/mask tokens,
+    then every fc1/fc2/out_proj/v_proj weight and bias multiplied by sqrt(log(2 * depth)) (sub-LN /
+    Magneto init). (unilm's BEiT3Wrapper re-initialises all Linear layers with a truncated normal
+    std 0.02 after that; we keep torchscale's init.) `weights` loads an official checkpoint.
+    """
+
+    tokenizer_family = "sentencepiece"
+    pixel_mean = (0.5, 0.5, 0.5)
+    pixel_std = (0.5, 0.5, 0.5)
+
+    def __init__(self, cfg: Beit3Config) -> None:
+        super().__init__()
+        dim, depth, heads = resolve_dims(cfg)
+        self.cfg = cfg
+        self.embed_dim, self.depth, self.num_heads = dim, depth, heads
+        self.image_size = cfg.image_size
+        self.patch_size = cfg.patch_size
+        self.vocab_size = cfg.vocab_size
+        self.grid = cfg.image_size // cfg.patch_size
+        self.num_vision_tokens = self.grid * self.grid + 1
+        self.out_indices = tuple(cfg.out_indices)
+
+        self.text_embed = nn.Embedding(cfg.vocab_size, dim)
+        self.vision_embed = VisionEmbed(dim, cfg.patch_size)
+        self.encoder = Beit3Body(
+            dim, depth, heads, self.num_vision_tokens, cfg.max_text_positions, cfg.layernorm_eps, cfg.drop_path
+        )
+        self._init_weights()
+
+        k = len(self.out_indices)
+        self.out_spec = FeatureSpec(
+            visual_dims=(dim,) * k,
+            visual_strides=(cfg.patch_size,) * k,
+            text_dim=dim,
+            traits=frozenset({"joint_tokens", "single_scale", "visual_cls", "text_tokens"}),
+        )
+        self.load_report = None
+        if cfg.weights is None:
+            logger.warning("beit3: no weights given, random init")
+            self.weights = "random"
+        else:
+            self.load_report = load_beit3_weights(self, cfg.weights)
+            self.weights = str(cfg.weights)
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.text_embed.weight, mean=0.0, std=self.embed_dim**-0.5)
+        scale = math.sqrt(math.log(2 * self.depth))
+        for name, p in self.encoder.named_parameters():
+            if any(key in name for key in MAGNETO_SCALED):
+                p.mul_(scale)
+
+    def no_weight_decay(self) -> set[str]:
+        return {
+            "encoder.embed_positions.A.weight",
+            "encoder.embed_positions.B.weight",
+            "vision_embed.cls_token",
+            "vision_embed.mask_token",
+        }
+
+    def embed(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> Tensor:
+        """The layer-0 joint sequence (B, n+1+L, d): embeddings + positions, padded text zeroed."""
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            raise RisbenchError(
+                f"encoder beit3: expected {self.image_size}x{self.image_size} images, got "
+                f"{tuple(image.shape[-2:])}; set encoder.image_size"
+            )
+        length = text_ids.shape[1]
+        if length + POSITION_OFFSET > self.encoder.embed_positions.B.num_embeddings:
+            raise RisbenchError(
+                f"encoder beit3: text length {length} exceeds max_text_positions "
+                f"{self.encoder.embed_positions.B.num_embeddings} - {POSITION_OFFSET}"
+            )
+        pos = self.encoder.embed_positions
+        vis = self.vision_embed(image) + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + self.num_vision_tokens]
+        txt = self.text_embed(text_ids) + pos.B.weight[POSITION_OFFSET : POSITION_OFFSET + length]
+        txt = txt * (~text_pad_mask).unsqueeze(-1).to(txt.dtype)
+        return torch.cat([vis, txt], dim=1)
+
+    def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
+        split = self.num_vision_tokens
+        x = self.embed(image, text_ids, text_pad_mask)
+        key_mask = attention_mask_from_padding(text_pad_mask, split)
+        visual, text, cls = [], [], []
+        for j, layer in enumerate(self.encoder.layers, start=1):
+            x = layer(x, split, key_mask)
+            if j in self.out_indices:
+                h = self.encoder.layer_norm(x, split) if j == self.depth else x
+                visual.append(tokens_to_map(h[:, 1:split], (self.grid, self.grid)))
+                cls.append(h[:, 0])
+                text.append(h[:, split:])
+            if j == self.out_indices[-1]:
+                break  # later layers feed nothing
+        return EncoderFeatures(visual=visual, text=text, text_pad_mask=text_pad_mask, visual_cls=cls)

@@ -10,7 +10,7 @@ import torch
 
 from risbench.errors import RisbenchError
 from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
-from risbench.models.encoders.beit3_checkpoint import VISION_POS_KEY
+from risbench.models.encoders.beit3_checkpoint import VISION_POS_KEY, interpolate_vision_positions
 
 SMALL = dict(embed_dim=64, depth=2, num_heads=2, vocab_size=100, max_text_positions=40, drop_path=0.0)
 HEAD_KEYS = ("vision_head.weight", "language_head.weight", "logit_scale")
@@ -227,3 +227,85 @@ def test_no_weight_decay_names_exist():
     names = dict(enc.named_parameters())
     assert enc.no_weight_decay() <= set(names)
     assert "encoder.embed_positions.A.weight" in enc.no_weight_decay()
+
+
+def test_position_interpolation_keeps_offset_rows_and_constant_grids():
+    table = torch.randn(3 + 4 * 4, 8)
+    table[3:] = torch.arange(8.0)  # every grid row identical: any resize must reproduce it
+    out = interpolate_vision_positions(table, 6 * 6)
+    assert out.shape == (3 + 36, 8)
+    assert torch.equal(out[:3], table[:3])
+    assert torch.allclose(out[3:], torch.arange(8.0).expand(36, 8), atol=1e-5)
+    assert torch.allclose(interpolate_vision_positions(table, 16), table)
+    with pytest.raises(RisbenchError, match="not square"):
+        interpolate_vision_positions(torch.randn(3 + 12, 8), 36)
+
+
+def reference_forward(sd: dict, image, ids, pad, heads: int, patch: int, depth: int) -> list[torch.Tensor]:
+    """A plain re-statement of the torchscale BEiT-3 computation from a state dict (explicit softmax,
+    -inf key masking, per-token modality choice), returning torchscale's encoder_states[1:] with the
+    final multiway LayerNorm on the last one."""
+    F = torch.nn.functional
+
+    def lin(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    def ln(x, name, eps=1e-5):
+        return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps)
+
+    def way(fn, x, name, split):  # A on the vision tokens, B on the text tokens
+        return torch.cat([fn(x[:, :split], name.format("A")), fn(x[:, split:], name.format("B"))], 1)
+
+    patches = F.conv2d(image, sd["vision_embed.proj.weight"], sd["vision_embed.proj.bias"], stride=patch)
+    vis = torch.cat([sd["vision_embed.cls_token"].expand(len(image), 1, -1), patches.flatten(2).transpose(1, 2)], 1)
+    n = vis.shape[1]
+    vis = vis + sd["encoder.embed_positions.A.weight"][2 : 2 + n]
+    txt = sd["text_embed.weight"][ids] + sd["encoder.embed_positions.B.weight"][2 : 2 + ids.shape[1]]
+    x = torch.cat([vis, txt], 1)
+    key_pad = torch.cat([torch.zeros(len(image), n, dtype=torch.bool), pad], 1)
+    x = x * (~key_pad)[..., None]
+    b, t, d = x.shape
+    states = []
+    for i in range(depth):
+        pre = f"encoder.layers.{i}."
+        h = way(ln, x, pre + "self_attn_layer_norm.{}", n)
+        q, k, v = (way(lin, h, pre + f"self_attn.{p}.{{}}", n) for p in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (z.view(b, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+        logits = (q * (d // heads) ** -0.5) @ k.transpose(-1, -2)
+        logits = logits.masked_fill(key_pad[:, None, None, :], float("-inf"))
+        a = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+        a = way(lin, way(ln, a, pre + "self_attn.inner_attn_ln.{}", n), pre + "self_attn.out_proj.{}", n)
+        x = x + a
+
+        def ffn(z, name):
+            return lin(ln(F.gelu(lin(z, name + ".fc1")), name + ".ffn_layernorm"), name + ".fc2")
+
+        x = x + way(ffn, way(ln, x, pre + "final_layer_norm.{}", n), pre + "ffn.{}", n)
+        states.append(x)
+    states[-1] = way(ln, states[-1], "encoder.layer_norm.{}", n)
+    return states
+
+
+def test_forward_matches_reference_statement():
+    enc = small(depth=3, out_indices=(1, 2, 3)).eval()
+    with torch.no_grad():  # non-trivial LayerNorms and tokens so that every term matters
+        for name, p in enc.named_parameters():
+            if "norm" in name or "ln" in name or "token" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    image = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(3, 100, (2, 6))
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 3:] = True
+    with torch.no_grad():
+        feats = enc(image, ids, pad)
+        ref = reference_forward(enc.state_dict(), image, ids, pad, heads=2, patch=8, depth=3)
+    for k in range(3):
+        ours = torch.cat([feats.visual_cls[k][:, None], feats.visual[k].flatten(2).transpose(1, 2), feats.text[k]], 1)
+        real = torch.cat([torch.ones(2, 17, dtype=torch.bool), ~pad], 1)
+        assert torch.allclose(ours[real], ref[k][real], atol=1e-5), k
+
+
+def test_drop_path_rises_linearly_and_meta_construction():
+    with torch.device("meta"):
+        enc = small(depth=5, drop_path=0.2, out_indices=(5,))
+    assert [round(layer.drop_path.p, 6) for layer in enc.encoder.layers] == [0.0, 0.05, 0.1, 0.15, 0.2]

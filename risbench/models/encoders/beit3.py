@@ -176,7 +176,8 @@ class Beit3Body(nn.Module):
         self.embed_positions = nn.Module()
         self.embed_positions.A = nn.Embedding(num_vision_tokens + POSITION_OFFSET, dim)
         self.embed_positions.B = nn.Embedding(max_text_positions, dim)
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        # stochastic depth rising linearly from 0 (first layer) to drop_path (last), as np.linspace in torchscale
+        rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.layers = nn.ModuleList([Beit3Layer(dim, heads, eps, rates[i]) for i in range(depth)])
         self.layer_norm = Multiway(lambda: nn.LayerNorm(dim, eps=eps))
 
@@ -199,7 +200,7 @@ class Beit3Encoder(Encoder):
     Decision on seed_specs §1.1 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
     is returned as torchscale's `encoder_states[j]`, i.e. *before* the final multiway LayerNorm; for
     j == depth the final multiway LayerNorm (`encoder.layer_norm`) is applied, i.e. torchscale's
-    `encoder_out`.
+    `encoder_out`. Layers after the last out index are not run (they would feed nothing).
 
     Random init follows torchscale: nn defaults, text embedding N(0, d^-0.5), zero cls/mask tokens,
     then every fc1/fc2/out_proj/v_proj weight and bias multiplied by sqrt(log(2 * depth)) (sub-LN /

@@ -1,0 +1,144 @@
+"""SynthRef, the built-in benchmark: procedurally drawn scenes with referring expressions, generated on the fly.
+
+Scene (split, i) is drawn from numpy's Generator seeded with (seed, split, i), so every split is a disjoint,
+reproducible stream. Each scene has `refs_per_scene` refs of `sentences_per_ref` sentences; `num_train`,
+`num_val`, `num_test` count scenes (images). Ids: image_id = split * 10^8 + i, ref_id = image_id *
+refs_per_scene + r, sent_id = ref_id * sentences_per_ref + j (unique across splits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from risbench.data.base import LoadedRef, RefDataset, Sentence
+from risbench.data.synthref_scene import FLAVOURS, Scene, make_scene
+from risbench.errors import RisbenchError, unknown_name_message
+from risbench.registry import DATASETS
+
+SPLITS = ("train", "val", "test")
+IMAGE_ID_STRIDE = 10**8
+
+
+@dataclass
+class SynthRefConfig:
+    flavour: str = "refcoco"  # refcoco (position words) | refcoco+ (appearance only) | refcocog (relations)
+    image_size: int = 128  # rendered image side (the "original" size; the model input may differ)
+    num_train: int = 20000  # scenes per split
+    num_val: int = 1000
+    num_test: int = 1000
+    seed: int = 0
+    negative_fraction: float = 0.0  # robust setting: each sentence after a ref's first is negative w.p. this
+    refs_per_scene: int = 2
+    sentences_per_ref: int = 3
+    min_objects: int = 3
+    max_objects: int = 5
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ValueError(unknown_name_message("SynthRef flavour", self.flavour, FLAVOURS))
+        if not 0.0 <= self.negative_fraction < 1.0:
+            raise ValueError(f"negative_fraction must be in [0, 1), got {self.negative_fraction}")
+        if not 1 <= self.refs_per_scene <= self.min_objects <= self.max_objects <= 8:
+            raise ValueError("need 1 <= refs_per_scene <= min_objects <= max_objects <= 8")
+        if self.sentences_per_ref < 1 or self.image_size < 16:
+            raise ValueError("need sentences_per_ref >= 1 and image_size >= 16")
+
+
+def split_size(cfg: SynthRefConfig, split: str) -> int:
+    if split not in SPLITS:
+        raise RisbenchError(unknown_name_message("SynthRef split", split, SPLITS))
+    return {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}[split]
+
+
+class SceneSource:
+    """Scenes of one split, by index, without pixels (cached: refs of a scene are usually read together)."""
+
+    def __init__(self, cfg: SynthRefConfig, split: str) -> None:
+        self.cfg = cfg
+        self.split = split
+        self.size = split_size(cfg, split)  # checks the split name
+        self.split_code = SPLITS.index(split)
+        self._cache: dict[int, Scene] = {}
+
+    def scene(self, index: int) -> Scene:
+        if index in self._cache:
+            return self._cache[index]
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        if len(self._cache) >= 64:
+            self._cache.pop(next(iter(self._cache)))
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, self.split_code, index])
+        scene = self._cache[index] = make_scene(
+            rng,
+            c.flavour,
+            min_objects=c.min_objects,
+            max_objects=c.max_objects,
+            refs_per_scene=c.refs_per_scene,
+            sentences_per_ref=c.sentences_per_ref,
+            negative_fraction=c.negative_fraction,
+        )
+        return scene
+
+    def image_id(self, index: int) -> int:
+        return self.split_code * IMAGE_ID_STRIDE + index
+
+    def ref_id(self, index: int, r: int) -> int:
+        return self.image_id(index) * self.cfg.refs_per_scene + r
+
+    def sent_id(self, ref_id: int, j: int) -> int:
+        return ref_id * self.cfg.sentences_per_ref + j
+
+
+@DATASETS.register("synthref", config=SynthRefConfig)
+class SynthRefDataset(RefDataset):
+    """SynthRef: procedural shapes on textured backgrounds with referring expressions (built in, no download)."""
+
+    def __init__(self, cfg: SynthRefConfig, split: str, *, image_size: int, mean, std, train: bool, seed: int = 0):
+        super().__init__(image_size=image_size, mean=mean, std=std, train=train, seed=seed)
+        self.cfg = cfg
+        self.source = SceneSource(cfg, split)
+        self.split = split
+        self._counts = np.full(self.source.size * cfg.refs_per_scene, cfg.sentences_per_ref, dtype=np.int64)
+        self._rendered: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def split_names(cls, cfg: SynthRefConfig) -> list[str]:
+        return list(SPLITS)
+
+    @classmethod
+    def train_texts(cls, cfg: SynthRefConfig) -> list[str]:
+        source = SceneSource(cfg, "train")
+        return [text for i in range(source.size) for ref in source.scene(i).refs for text, _ in ref.sentences]
+
+    def num_refs(self) -> int:
+        return len(self._counts)
+
+    def sentence_counts(self) -> np.ndarray:
+        return self._counts
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image, labels) of scene `index` (the last one is kept: eval reads a scene's sentences in a row)."""
+        from risbench.data.synthref_render import render
+
+        if self._rendered is None or self._rendered[0] != index:
+            self._rendered = (index, *render(self.source.scene(index), self.cfg.image_size))
+        return self._rendered[1], self._rendered[2]
+
+    def load_ref(self, index: int) -> LoadedRef:
+        scene_index, r = divmod(index, self.cfg.refs_per_scene)
+        scene = self.source.scene(scene_index)
+        ref = scene.refs[r]
+        image, labels = self.render(scene_index)
+        ref_id = self.source.ref_id(scene_index, r)
+        return LoadedRef(
+            image=image,
+            mask=(labels == ref.object_index + 1).astype(np.uint8),
+            ref_id=ref_id,
+            image_id=self.source.image_id(scene_index),
+            sentences=[
+                Sentence(self.source.sent_id(ref_id, j), text, exists) for j, (text, exists) in enumerate(ref.sentences)
+            ],
+        )

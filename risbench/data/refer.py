@@ -134,7 +134,7 @@ class ReferData:
         if split not in allowed:
             raise RisbenchError(
                 f"unknown split '{split}' for {self.cfg.dataset} ({self.cfg.split_by}) in {self.paths.refs}; "
-                f"known: {', '.join(dict.fromkeys(allowed))}"
+                f"known: {', '.join(dict.fromkeys(allowed))}; {self.paths.layout()}"
             )
         if split in ("testA", "testB", "testC"):
             refs = [r for r in self.refs if str(r["split"]).startswith("test") and split[-1] in str(r["split"])]
@@ -250,15 +250,19 @@ class ReferDataset(RefDataset):
         return LoadedRef(image=image, mask=mask, ref_id=ref_id, image_id=image_id, sentences=sentences)
 
 
-def check(cfg: ReferConfig) -> dict[str, Any]:
-    """Verify the layout: per split the counts of refs, sentences (negatives) and images, and what is missing."""
+def check(cfg: ReferConfig, only_split: str | None = None) -> dict[str, Any]:
+    """Verify the layout: per split the counts of refs, sentences (negatives) and images, and what is missing.
+    With `only_split`, just that split, and an unknown or empty split is an error."""
     data = load_refer(cfg)
     splits: dict[str, dict[str, int]] = {}
     missing: list[str] = []
-    for split in dict.fromkeys([*data.expected_splits(), *data.present_splits()]):
+    names = [only_split] if only_split else dict.fromkeys([*data.expected_splits(), *data.present_splits()])
+    for split in names:
         try:
             refs = data.split_refs(split)
         except RisbenchError:
+            if only_split:
+                raise
             missing.append(f"split '{split}' (no refs in {data.paths.refs})")
             splits[split] = {"refs": 0, "sentences": 0, "negatives": 0, "images": 0}
             continue

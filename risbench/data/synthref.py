@@ -142,3 +142,34 @@ class SynthRefDataset(RefDataset):
                 Sentence(self.source.sent_id(ref_id, j), text, exists) for j, (text, exists) in enumerate(ref.sentences)
             ],
         )
+
+
+def stats(cfg: SynthRefConfig, limit: int | None = None) -> dict[str, dict]:
+    """Per split: scenes, refs, sentences (negatives), vocabulary, sentence lengths, objects per scene.
+    With `limit`, the figures after `scenes` are measured on the first `limit` scenes of each split."""
+    out = {}
+    for split in SPLITS:
+        source = SceneSource(cfg, split)
+        n = source.size if not limit else min(limit, source.size)
+        lengths, objects, negatives, vocab = [], [], 0, set()
+        for i in range(n):
+            scene = source.scene(i)
+            objects.append(len(scene.objects))
+            for ref in scene.refs:
+                for text, exists in ref.sentences:
+                    words = text.split()
+                    lengths.append(len(words))
+                    vocab.update(words)
+                    negatives += not exists
+        out[split] = {
+            "scenes": source.size,
+            "refs": source.size * cfg.refs_per_scene,
+            "sentences": source.size * cfg.refs_per_scene * cfg.sentences_per_ref,
+            "measured_scenes": n,
+            "negatives": negatives,
+            "vocabulary": sorted(vocab),
+            "length_mean": float(np.mean(lengths)) if lengths else 0.0,
+            "length_max": int(max(lengths, default=0)),
+            "objects": {k: objects.count(k) for k in sorted(set(objects))},
+        }
+    return out

@@ -6,9 +6,11 @@
 - "sentencepiece": with `path` (a local `beit3.spm`), ids follow the XLM-R convention that BEiT-3 uses
   (<s>=0, <pad>=1, </s>=2, <unk>=3, a SentencePiece id i >= 1 becomes i + 1, and id 0 (<unk>) becomes 3): the
   mapping of transformers' slow XLMRobertaTokenizer, implemented here on `sentencepiece` directly because
-  transformers >= 5 no longer reads a `.spm` file given as `vocab_file`. Without `path`, a unigram model is
-  trained on `train_texts` with those same special ids (so no offset), cached under `cache_dir` by a hash of
-  the texts and the vocabulary size. Framing: [<s>] + pieces[:max_len - 2] + [</s>] + padding.
+  transformers >= 5 no longer reads a `.spm` file given as `vocab_file`. Without `path`, a SentencePiece BPE
+  model is trained on `train_texts` with those same special ids (so no offset), cached under `cache_dir` by a
+  hash of the texts and the vocabulary size (BPE, not unigram: on a small closed corpus such as SynthRef's,
+  unigram training stops at about 65 pieces, i.e. characters, while BPE reaches whole words).
+  Framing: [<s>] + pieces[:max_len - 2] + [</s>] + padding.
 - "wordpiece": with `path` (a directory with `tokenizer.json` or `vocab.txt`, or the file itself), BERT's
   lower-casing WordPiece through the `tokenizers` library; without it, a WordPiece vocabulary trained on
   `train_texts` with [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, cached the same way.
@@ -133,7 +135,7 @@ def _train_sentencepiece(texts: list[str], vocab_size: int, out: Path) -> None:
         model_writer=buf,
         vocab_size=vocab_size,
         hard_vocab_limit=False,  # a small corpus may support fewer pieces: take what it supports
-        model_type="unigram",
+        model_type="bpe",  # unigram stalls at ~65 pieces (characters) on SynthRef's small closed corpus
         bos_id=0,
         pad_id=1,
         eos_id=2,

@@ -116,7 +116,7 @@ class Expr:
     region: tuple[str | None, str | None] = (None, None)  # (left|right|middle, top|bottom|middle)
     superlative: str | None = None
     relation: str | None = None
-    anchor: Descriptor | None = None
+    anchors: tuple[Descriptor, ...] = ()  # relation: descriptors that each fit the anchor alone (one is used)
 
 
 @dataclass
@@ -222,8 +222,7 @@ def candidate_exprs(
                         continue
                     if any(sign * ((o.x, o.y)[axis] - a_c) > -SLACK for o in rivals):
                         continue
-                    for ad in anchor_ds:
-                        out.append(Expr("relation", d, relation=rel, anchor=ad))
+                    out.append(Expr("relation", d, relation=rel, anchors=tuple(anchor_ds)))
     return out
 
 
@@ -253,7 +252,7 @@ def negative_exprs(objects: list[SceneObject], flavour: str, rng: np.random.Gene
         anchors = [ad for ds in unique_descriptors(objects) for ad in ds]
         if anchors:
             rel = _pick(rng, list(RELATIONS))
-            return Expr("relation", d, relation=rel, anchor=_pick(rng, anchors))
+            return Expr("relation", d, relation=rel, anchors=tuple(anchors))
     return Expr("plain", d)
 
 
@@ -301,9 +300,9 @@ def realise(e: Expr, flavour: str, rng: np.random.Generator) -> str:
         return f"{_pick(rng, ('the ', ''))}{np_t} {_region_phrase(e.region, rng, False)}"
     if e.kind == "superlative":
         return f"{_pick(rng, ('the ', ''))}{e.superlative} {np_t}"
-    assert e.anchor is not None and e.relation is not None
+    assert e.anchors and e.relation is not None
     rel = _pick(rng, RELATIONS[e.relation][2])
-    np_a = _noun_phrase(e.anchor, rng)
+    np_a = _noun_phrase(_pick(rng, e.anchors), rng)
     return _pick(
         rng,
         (

@@ -56,9 +56,13 @@ class ResizeNormalize:
         h0, w0 = mask.shape
         if image.shape[:2] != (h0, w0):
             raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-        img = _resize_image(image, self.size).astype(np.float32) * self._scale + self._shift
-        img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        target = torch.from_numpy(np.ascontiguousarray(resize_mask(mask, self.size) > 0)).float()
+        resized = _resize_image(image, self.size)
+        img = np.empty((3, self.size, self.size), dtype=np.float32)
+        for c in range(3):
+            np.multiply(resized[:, :, c], self._scale[c], out=img[c])
+            img[c] += self._shift[c]
+        img = torch.from_numpy(img)
+        target = torch.from_numpy((resize_mask(mask, self.size) > 0).astype(np.float32))
         resize = {"mode": "stretch", "orig_size": (h0, w0), "input_size": (self.size, self.size)}
         return img, target, resize
 

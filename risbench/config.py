@@ -41,10 +41,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `update` into a copy of `base`: dicts merge, everything else (lists too) replaces."""
+    """Deep-merge `update` into a copy of `base`: dicts merge, everything else (lists too) replaces.
+
+    A nested mapping that names a different component (`name:`) replaces the inherited one instead of
+    merging into it (its options belong to the old component), as `--set fpn.name=...` does: a preset
+    with `include: shared-ris-b.yaml` and `fpn: {name: cris}` gets CRIS's defaults, not the Shared FPN's
+    `dim` / `num_heads`."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        old = out.get(key)
+        renamed = (
+            isinstance(old, dict) and isinstance(value, dict) and "name" in value and old.get("name") != value["name"]
+        )
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

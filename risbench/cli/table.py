@@ -1,0 +1,24 @@
+"""`risbench table RUNS_DIR`: collect runs into the paper's table layout (CSV, Markdown or LaTeX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("table")
+    def table_cmd(
+        runs_dir: Path = typer.Argument(..., help="an experiment's run folder, e.g. runs/fpn_ablation"),
+        fmt: str = typer.Option("markdown", "--format", help="csv | markdown | latex"),
+        out: Path = typer.Option(None, "--out", help="write here (atomically) instead of stdout"),
+    ) -> None:
+        """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout (mean ± std over seeds)."""
+        from risbench.runner.tables import render, table_for_dir, write_atomic
+
+        text = render(table_for_dir(runs_dir), fmt)
+        if out is None:
+            print(text, end="" if text.endswith("\n") else "\n")
+        else:
+            write_atomic(out, text)

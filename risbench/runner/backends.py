@@ -1,0 +1,348 @@
+"""Where runs execute: `local` (one after another on CPU, or packed onto free GPUs, one subprocess per
+GPU), `print` (a runnable torchrun line per run) and `slurm` (one submitit job array).
+
+Every backend works on prepared run directories (config.yaml + run.json written by the sweep), so a
+run can be executed anywhere from its folder alone: `execute_run(run_dir)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from risbench.errors import RisbenchError
+from risbench.runner.progress import SweepProgress
+
+DEFAULT_TEXT_LEN = 20
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RisbenchError(f"{run_dir}: no config.yaml (prepare the run first)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished when its metrics.json exists (train_run writes it last)."""
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
+def is_started(run_dir: Path) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / "train_log.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
+
+
+def text_len_of(cfg: dict[str, Any]) -> int:
+    """The text length FLOPs are measured at: the tokenizer's max length when the config names one."""
+    for section in ("tokenizer", "data", "eval"):
+        sec = cfg.get(section) or {}
+        for key in ("max_len", "max_length", "text_len"):
+            if isinstance(sec.get(key), int):
+                return sec[key]
+    return DEFAULT_TEXT_LEN
+
+
+def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build the run's model (random init, no data) and count params/FLOPs with risbench.flops.measure."""
+    from risbench.flops import measure
+    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+
+    spec = resolve_model_spec(cfg["model"])
+    model = build_segmenter(spec)
+    model.eval()
+    image_size = int(spec["encoder"].get("image_size") or getattr(model.encoder, "image_size", 224))
+    return measure(model, image_size, text_len_of(cfg))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    import json
+
+    from risbench.runner.tables import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> dict:
+    """Write run_dir/flops.json unless it exists; `cache` (keyed by model spec) avoids measuring twice."""
+    import json
+
+    path = Path(run_dir) / "flops.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg = cfg if cfg is not None else load_run_config(run_dir)
+    key = json.dumps({"model": cfg["model"], "text_len": text_len_of(cfg)}, sort_keys=True, default=str)
+    if cache is not None and key in cache:
+        result = cache[key]
+    else:
+        result = measure_flops(cfg)
+        if cache is not None:
+            cache[key] = result
+    write_json_atomic(path, result)
+    return result
+
+
+def expected_length(run_dir: Path) -> dict[str, Any]:
+    """What the progress view can know in advance: the step limit and the time budget of a run."""
+    try:
+        train = load_run_config(run_dir).get("train") or {}
+    except (RisbenchError, OSError, yaml.YAMLError):
+        return {}
+    minutes = train.get("max_minutes")
+    return {"total_steps": train.get("max_steps"), "budget_s": minutes * 60 if minutes else None}
+
+
+def _train_fn() -> Callable[..., dict]:
+    from risbench.train.api import train_run
+
+    return train_run
+
+
+def execute_run(run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """Train + evaluate one prepared run (skip when finished, resume when interrupted), then measure it."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if is_finished(run_dir):
+        metrics = _read_metrics(run_dir)
+    else:
+        metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
+    ensure_flops(run_dir, cfg)
+    return metrics
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _headline(metrics: dict[str, Any], split: str) -> str:
+    from risbench.runner.tables import _split_metrics
+
+    values = _split_metrics(metrics or {}).get(split)
+    if not values:
+        return ""
+    return ", ".join(f"{k} {values[k]:.2f}" for k in ("oiou", "miou") if k in values)
+
+
+# ---------------------------------------------------------------- local
+
+
+def free_gpus(min_free_fraction: float = 0.9) -> list[str]:
+    """GPU ids to pack runs onto: CUDA_VISIBLE_DEVICES when set, else the GPUs nvidia-smi shows with
+    little memory in use; empty on machines without GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+        except (subprocess.SubprocessError, OSError):
+            out = ""
+        ids = []
+        for line in out.strip().splitlines():
+            idx, used, total = (x.strip() for x in line.split(","))
+            if float(total) > 0 and 1.0 - float(used) / float(total) >= min_free_fraction:
+                ids.append(idx)
+        if out.strip():
+            return ids
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # pragma: no cover - torch without CUDA
+        return []
+
+
+def run_local(
+    run_dirs: list[Path],
+    progress: SweepProgress,
+    split: str = "val",
+    gpus: list[str] | None = None,
+) -> list[str]:
+    """Run the unfinished runs: in this process one after another when there is no GPU, else one
+    subprocess per free GPU (CUDA_VISIBLE_DEVICES) until all are done. Returns the failed run ids."""
+    todo = [d for d in run_dirs if not is_finished(d)]
+    for d in run_dirs:  # finished runs still need their flops.json (e.g. trained elsewhere)
+        if is_finished(d) and not (d / "flops.json").is_file():
+            ensure_flops(d)
+    if gpus:
+        return _run_on_gpus(todo, progress, split, gpus)
+    failed = []
+    for run_dir in todo:
+        progress.start_run(run_dir.name, run_dir, "cpu", **expected_length(run_dir))
+        try:
+            metrics = execute_run(run_dir, quiet=True)
+        except KeyboardInterrupt:
+            progress.finish_run(run_dir.name, ok=False, note="interrupted")
+            raise
+        except RisbenchError:
+            progress.finish_run(run_dir.name, ok=False)
+            raise
+        except Exception as exc:  # a crashed run must not stop the sweep
+            progress.finish_run(run_dir.name, ok=False, note=f"{type(exc).__name__}: {exc}")
+            failed.append(run_dir.name)
+            continue
+        progress.finish_run(run_dir.name, ok=True, note=_headline(metrics, split))
+    return failed
+
+
+def _run_on_gpus(todo: list[Path], progress: SweepProgress, split: str, gpus: list[str]) -> list[str]:
+    queue = list(todo)
+    busy: dict[str, tuple[subprocess.Popen, Path, Any]] = {}
+    failed: list[str] = []
+    try:
+        while queue or busy:
+            for gpu in gpus:
+                if gpu not in busy and queue:
+                    run_dir = queue.pop(0)
+                    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                    log = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - closed when the run ends
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "risbench.runner.worker", str(run_dir)],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                    busy[gpu] = (proc, run_dir, log)
+                    progress.start_run(run_dir.name, run_dir, f"gpu {gpu}", **expected_length(run_dir))
+            time.sleep(1.0)
+            for gpu, (proc, run_dir, log) in list(busy.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del busy[gpu]
+                ok = proc.returncode == 0 and is_finished(run_dir)
+                note = (
+                    _headline(_read_metrics(run_dir), split)
+                    if ok
+                    else f"exit {proc.returncode}, see {run_dir}/worker.log"
+                )
+                if not ok:
+                    failed.append(run_dir.name)
+                progress.finish_run(run_dir.name, ok=ok, note=note)
+    except KeyboardInterrupt:
+        for proc, _run_dir, log in busy.values():
+            proc.terminate()
+            log.close()
+        raise
+    return failed
+
+
+# ---------------------------------------------------------------- print
+
+
+def nproc_of(run_dir: Path, default: int = 1) -> int:
+    """Processes (GPUs) per run: the run's train.nproc_per_node (the paper recipe: 8), else `default`."""
+    value = (load_run_config(run_dir).get("train") or {}).get("nproc_per_node")
+    return value if isinstance(value, int) and value > 0 else default
+
+
+def torchrun_line(run_dir: Path, nproc: int) -> str:
+    return (
+        f"torchrun --standalone --nproc-per-node {nproc} -m risbench.train.launch "
+        f"{shlex.quote(str(Path(run_dir) / 'config.yaml'))}"
+    )
+
+
+def run_print(run_dirs: list[Path], nproc: int | None = None) -> list[str]:
+    """One runnable torchrun line per unfinished run (finished ones as comments)."""
+    lines = []
+    for run_dir in run_dirs:
+        if is_finished(run_dir):
+            lines.append(f"# done: {run_dir}")
+            continue
+        k = nproc or nproc_of(run_dir)
+        lines.append(torchrun_line(run_dir, k))
+    return lines
+
+
+# ---------------------------------------------------------------- slurm
+
+
+def _slurm_job(run_dir: str) -> dict[str, Any]:
+    """What one array task runs: set up torch.distributed's env when the task is one of several, then run."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return execute_run(Path(run_dir), quiet=env.global_rank != 0)
+
+
+def run_slurm(
+    run_dirs: list[Path],
+    folder: Path,
+    executor: str = "slurm",
+    nproc: int | None = None,
+    timeout_min: int = 24 * 60,
+    partition: str | None = None,
+    parallelism: int = 64,
+    wait: bool = False,
+) -> list[Any]:
+    """Submit the unfinished runs as one job array through submitit (an optional extra).
+
+    executor: 'slurm' (a cluster), 'local' (submitit's LocalExecutor: subprocesses on this machine) or
+    'debug' (DebugExecutor: in this process). With `wait`, blocks until every job ends and raises on a
+    failed one. Returns the jobs."""
+    try:
+        import submitit
+    except ImportError:
+        raise RisbenchError(
+            "the slurm backend needs submitit: pip install 'risbench[slurm]' (or pip install submitit)"
+        ) from None
+    todo = [d for d in run_dirs if not is_finished(d)]
+    if not todo:
+        return []
+    folder = Path(folder) / "%j"
+    k = nproc or max(nproc_of(d) for d in todo)
+    if executor == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = {
+            "timeout_min": timeout_min,
+            "nodes": 1,
+            "gpus_per_node": k,
+            "tasks_per_node": k,
+            "cpus_per_task": 8,
+            "slurm_array_parallelism": parallelism,
+            "name": "risbench",
+        }
+        if partition:
+            params["slurm_partition"] = partition
+        ex.update_parameters(**params)
+    elif executor == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout_min)
+    elif executor == "debug":
+        ex = submitit.DebugExecutor(folder=folder)
+    else:
+        raise RisbenchError(f"--executor: unknown submitit executor '{executor}'; known: slurm, local, debug")
+    jobs = ex.map_array(_slurm_job, [str(d) for d in todo])
+    if wait:
+        errors = []
+        for job, run_dir in zip(jobs, todo, strict=True):
+            try:
+                job.result()
+            except Exception as exc:  # report every failed task, not only the first
+                errors.append(f"{run_dir.name}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+        if errors:
+            raise RuntimeError("slurm jobs failed: " + "; ".join(errors))
+    return jobs

@@ -1,0 +1,416 @@
+"""Experiment files: parse, validate and expand into resolved run configs.
+
+An experiment file (YAML)::
+
+    name: fpn_ablation
+    description: ...
+    base:                       # a run config; presets are resolved by name
+      model: shared-ris-tiny    # registry/models/ preset, a YAML path, or an inline {encoder, fpn, decoder}
+      data: synthref-refcoco+   # registry/datasets/ preset or inline mapping
+      recipe: cpu               # registry/recipes/ preset (its sections sit under the base's own)
+      train: {max_minutes: 7}
+    runs:                       # explicit variants (the paper's rows); dotted keys or nested sections
+      - {name: none, set: {fpn.name: none}}
+      - {name: cris, set: {fpn.name: cris, fpn.out_dim: 128}}
+    grid: {decoder.num_layers: [1, 2]}   # optional cartesian product (on top of each run)
+    seeds: [0, 1, 2]
+    table: {mirrors: IV, rows: {none: none, cris: cris}, columns: [params, gflops, oiou, miou], split: val}
+
+Dotted keys whose first part is `encoder`, `fpn` or `decoder` are under `model`. Setting a component's
+`name` to a new one drops the old component's options (they belong to the old component).
+Every error is one line that names the file and the key (RisbenchError, exit code 2), raised before any
+run directory is created.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from risbench.config import find_preset, load_config, merge, parse_override, to_dataclass
+from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
+
+MODEL_KEYS = ("encoder", "fpn", "decoder")
+RUN_SECTIONS = ("model", "data", "tokenizer", "train", "eval")
+BASE_KEYS = (*RUN_SECTIONS, "recipe")
+# Paper table columns (names as in registry/paper_tables.csv).
+COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
+COST_PARTS = ("total", "encoder", "fpn", "decoder")
+
+
+@dataclass
+class TableSpec:
+    """The `table:` block: how `risbench table` lays the runs out."""
+
+    mirrors: str | None = None  # paper table id in paper_tables.csv (e.g. "IV", "VII(a)")
+    rows: dict[str, str] | None = None  # run name -> paper `variant` (also fixes the row order)
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))
+    split: str = "val"
+    cost: str = "total"  # which part Params/GFLOPs count: total, encoder, fpn, decoder
+    caption: str | None = None  # first sentence of the caption (the rest is generated)
+
+    def __post_init__(self) -> None:
+        # ValueError: to_dataclass prefixes it with the file and the key
+        for col in self.columns:
+            if col not in COLUMNS:
+                raise ValueError("columns: " + unknown_name_message("column", col, COLUMNS))
+        if self.cost not in COST_PARTS:
+            raise ValueError("cost: " + unknown_name_message("cost part", self.cost, COST_PARTS))
+
+
+@dataclass
+class RunVariant:
+    """One entry of `runs:`."""
+
+    name: str
+    set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
+    model: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    tokenizer: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    eval: dict[str, Any] | None = None
+    description: str | None = None
+
+
+@dataclass
+class ExperimentFile:
+    """The top level of an experiment file."""
+
+    name: str
+    base: dict[str, Any]
+    description: str | None = None
+    runs: list[dict[str, Any]] | None = None
+    grid: dict[str, list[Any]] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    table: dict[str, Any] | None = None
+
+
+@dataclass
+class Run:
+    """One expanded run: a readable id, its resolved config and where it lives."""
+
+    variant: str  # row name in the table
+    seed: int
+    config: dict[str, Any]
+    index: int  # position of the variant in the experiment (table row order)
+    run_id: str = ""
+
+    @property
+    def config_hash(self) -> str:
+        from risbench.train.config import comparable
+
+        return config_hash(comparable(self.config))
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            self.run_id = f"{self.variant}-s{self.seed}-{self.config_hash}"
+
+
+@dataclass
+class Experiment:
+    """A validated, expanded experiment."""
+
+    name: str
+    path: Path
+    description: str | None
+    table: TableSpec
+    runs: list[Run]
+    variants: list[str]  # row order
+    seeds: list[int]
+
+    def run_dir(self, runs_dir: Path, run: Run) -> Path:
+        return Path(runs_dir) / self.name / run.run_id
+
+    def meta(self) -> dict[str, Any]:
+        """What `risbench table` needs to lay the runs out (written as runs/<name>/experiment.json)."""
+        return {
+            "name": self.name,
+            "file": str(self.path),
+            "description": self.description,
+            "variants": self.variants,
+            "seeds": self.seeds,
+            "table": {k: v for k, v in vars(self.table).items()},
+            "runs": [r.run_id for r in self.runs],
+        }
+
+
+def config_hash(cfg: dict[str, Any], n: int = 6) -> str:
+    """Short, stable hash of a resolved run config (canonical JSON, sorted keys)."""
+    blob = json.dumps(cfg, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+]+", "_", text).strip("_") or "x"
+
+
+def _full_key(key: str) -> str:
+    """'fpn.name' -> 'model.fpn.name' (component shorthands live under `model`)."""
+    return f"model.{key}" if key.split(".", 1)[0] in MODEL_KEYS else key
+
+
+def _get(cfg: dict[str, Any], parts: list[str]) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def set_key(cfg: dict[str, Any], key: str, value: Any, where: str) -> dict[str, Any]:
+    """Set dotted `key` to `value` in a copy of `cfg`. The parent section must exist; a component `name`
+    that changes drops the old component's options."""
+    out = copy.deepcopy(cfg)
+    parts = _full_key(key).split(".")
+    if any(not p for p in parts):
+        raise RisbenchError(f"{where}: bad key '{key}'")
+    node = out
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node:
+            parent = ".".join(parts[:depth]) or "the top level"
+            raise UnknownNameError(f"{where}: " + unknown_name_message(f"key under {parent}", part, node))
+        if not isinstance(node[part], dict):
+            raise RisbenchError(f"{where}: '{'.'.join(parts[: depth + 1])}' is not a section (key '{key}')")
+        node = node[part]
+    leaf = parts[-1]
+    if len(parts) == 3 and parts[0] == "model" and parts[1] in MODEL_KEYS and leaf == "name":
+        if node.get("name") != value:
+            node.clear()
+    node[leaf] = copy.deepcopy(value)
+    return out
+
+
+def _prefixed(exc: RisbenchError, where: str) -> RisbenchError:
+    return type(exc)(f"{where}: {exc}")
+
+
+def resolve_base(base: dict[str, Any], where: str, root: Path | None = None) -> dict[str, Any]:
+    """The base run config with its presets resolved into plain mappings: `recipe` (registry/recipes/,
+    its sections sit under the base's own), `model` (a complete spec) and `data` (the dataset options)."""
+    from risbench.data.build import resolve_data_config
+    from risbench.train.config import resolve_model
+
+    unknown = [k for k in base if k not in BASE_KEYS]
+    if unknown:
+        raise UnknownNameError(f"{where}: " + unknown_name_message("key", unknown[0], BASE_KEYS))
+    cfg: dict[str, Any] = {}
+    if base.get("recipe") is not None:
+        recipe = base["recipe"]
+        if not isinstance(recipe, str):
+            raise RisbenchError(f"{where}.recipe: expected a recipe preset name, got {recipe!r}")
+        if root is not None and (root / recipe).is_file():
+            recipe = str(root / recipe)
+        try:
+            cfg = load_config(find_preset("recipes", recipe))
+        except RisbenchError as exc:
+            raise _prefixed(exc, f"{where}.recipe") from None
+        cfg.pop("description", None)
+    for section in RUN_SECTIONS:
+        if section not in base:
+            continue
+        value = base[section]
+        try:
+            if section == "model":
+                cfg["model"] = resolve_model(value)
+            elif section == "data":
+                cfg["data"] = resolve_data_config(value)
+            elif not isinstance(value, dict):
+                raise RisbenchError(f"expected a mapping, got {value!r}")
+            else:
+                cfg[section] = merge(cfg.get(section) or {}, value)
+        except RisbenchError as exc:
+            raise _prefixed(exc, f"{where}.{section}") from None
+    for key in ("model", "data"):
+        if key not in cfg:
+            raise RisbenchError(f"{where}: missing required key {key}")
+    for section in ("tokenizer", "train", "eval"):
+        cfg.setdefault(section, {})
+    return cfg
+
+
+def _option_fields(cfg: dict[str, Any], parts: list[str]) -> list[str]:
+    """Options a component or dataset accepts (its config dataclass fields), for keys not written out."""
+    from risbench.registry import DATASETS, DECODERS, ENCODERS, FPNS, config_fields
+
+    if len(parts) == 3 and parts[0] == "model" and parts[1] in MODEL_KEYS:
+        reg = {"encoder": ENCODERS, "fpn": FPNS, "decoder": DECODERS}[parts[1]]
+        name = (cfg.get("model", {}).get(parts[1]) or {}).get("name")
+    elif len(parts) == 2 and parts[0] == "data":
+        reg, name = DATASETS, (cfg.get("data") or {}).get("name")
+    else:
+        return []
+    if not isinstance(name, str) or name not in reg:
+        return []
+    return ["name", *config_fields(reg.get(name).config)]
+
+
+def key_exists(cfg: dict[str, Any], resolved: dict[str, Any], key: str) -> bool:
+    """A dotted key exists in a run config (as written, or with the trainer's defaults filled in), or is
+    an option of the component or dataset it names."""
+    parts = _full_key(key).split(".")
+    return _get(cfg, parts)[0] or _get(resolved, parts)[0] or parts[-1] in _option_fields(cfg, parts)
+
+
+def validate_run_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate a run config without building anything big and return its resolved form (what
+    config.yaml holds): component names and options against the registries, the dataset's options,
+    and the trainer's own sections through `risbench.train.config.resolve_run_config`."""
+    from risbench.data.build import dataset_class_and_config
+    from risbench.registry import DECODERS, ENCODERS, FPNS
+    from risbench.train.config import resolve_run_config
+
+    model = cfg.get("model")
+    if not isinstance(model, dict):
+        raise RisbenchError(f"{where}.model: expected a mapping")
+    allowed = {*MODEL_KEYS, "description", "paper"}
+    for key in model:
+        if key not in allowed:
+            raise UnknownNameError(f"{where}.model: " + unknown_name_message("key", key, sorted(allowed)))
+    for comp, reg in (("encoder", ENCODERS), ("fpn", FPNS), ("decoder", DECODERS)):
+        section = model.get(comp)
+        if not isinstance(section, dict) or "name" not in section:
+            raise RisbenchError(f"{where}.model.{comp}: expected a mapping with a 'name'")
+        name = section["name"]
+        if not isinstance(name, str) or name not in reg:
+            raise UnknownNameError(
+                f"{where}.model.{comp}.name: " + unknown_name_message(reg.kind, str(name), reg.names())
+            )
+        params = {k: v for k, v in section.items() if k != "name"}
+        reg.make_config(name, params, f"{where}.model.{comp}")
+    try:
+        dataset_class_and_config(cfg.get("data"))
+        _, resolved = resolve_run_config(cfg)
+    except RisbenchError as exc:
+        raise _prefixed(exc, where) from None
+    return resolved
+
+
+def _apply_variant(cfg: dict[str, Any], variant: RunVariant, where: str) -> dict[str, Any]:
+    for section in RUN_SECTIONS:
+        value = getattr(variant, section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise RisbenchError(f"{where}.{section}: expected a mapping, got {value!r}")
+        if section == "model":
+            bad = [k for k in value if k not in MODEL_KEYS]
+            if bad:
+                raise UnknownNameError(f"{where}.model: " + unknown_name_message("key", bad[0], MODEL_KEYS))
+        cfg[section] = merge(cfg.get(section) or {}, value)  # a renamed component replaces the old one
+    # component renames first, so that options set beside them land on the new component
+    items = sorted(variant.set.items(), key=lambda kv: not _full_key(kv[0]).endswith(".name"))
+    for key, value in items:
+        cfg = set_key(cfg, key, value, f"{where}.set.{key}")
+    return cfg
+
+
+def _grid_label(key: str, value: Any) -> str:
+    leaf = key.split(".")[-1]
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return _slug(f"{leaf}{value}")
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Parse, validate and expand an experiment file; `overrides` ('train.epochs=1') apply to every run."""
+    path = Path(path)
+    raw = load_config(path)
+    where = str(path)
+    exp = to_dataclass(ExperimentFile, raw, where)
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", exp.name):
+        raise RisbenchError(f"{where}: name '{exp.name}' must be letters, digits, '_', '-', '.' or '+'")
+    if not isinstance(exp.base, dict):
+        raise RisbenchError(f"{where}.base: expected a mapping")
+    if not exp.seeds:
+        raise RisbenchError(f"{where}.seeds: needs at least one seed")
+    if len(set(exp.seeds)) != len(exp.seeds):
+        raise RisbenchError(f"{where}.seeds: duplicate seeds {exp.seeds}")
+    table = to_dataclass(TableSpec, exp.table or {}, f"{where}.table")
+    base = resolve_base(exp.base, f"{where}.base", root=path.parent)
+
+    variants: list[RunVariant] = []
+    seen: set[str] = set()
+    for i, item in enumerate(exp.runs or [{"name": exp.name if not exp.grid else ""}]):
+        if not isinstance(item, dict):
+            raise RisbenchError(f"{where}.runs[{i}]: expected a mapping with a 'name'")
+        label = f"{where}.runs[{item.get('name', i)}]"
+        variant = to_dataclass(RunVariant, item, label)
+        if variant.name in seen:
+            raise RisbenchError(f"{where}.runs: duplicate run name '{variant.name}'")
+        if variant.name and not re.fullmatch(r"[A-Za-z0-9_.,+-]+", variant.name):
+            raise RisbenchError(f"{label}.name: '{variant.name}' must be letters, digits, '_', '-', ',', '.' or '+'")
+        seen.add(variant.name)
+        variants.append(variant)
+
+    grid = exp.grid or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise RisbenchError(f"{where}.grid.{key}: expected a non-empty list of values")
+
+    cli_overrides = [parse_override(o) for o in overrides or []]
+    runs: list[Run] = []
+    names: list[str] = []
+    for variant in variants:
+        vwhere = f"{where}.runs[{variant.name}]" if exp.runs else f"{where}.base"
+        vcfg = _apply_variant(base, variant, vwhere)
+        vresolved = validate_run_config(vcfg, vwhere) if grid else {}
+        for key in grid:
+            if not key_exists(vcfg, vresolved, key):
+                raise UnknownNameError(
+                    f"{where}.grid.{key}: key does not exist in the resolved base config of run "
+                    f"'{variant.name or exp.name}'"
+                )
+        combos = list(itertools.product(*grid.values())) if grid else [()]
+        for combo in combos:
+            cfg = vcfg
+            parts = [variant.name] if variant.name else []
+            for key, value in zip(grid, combo, strict=True):
+                cfg = set_key(cfg, key, value, f"{where}.grid.{key}")
+                parts.append(_grid_label(key, value))
+            for keyparts, value in cli_overrides:
+                cfg = set_key(cfg, ".".join(keyparts), value, f"--set {'.'.join(keyparts)}")
+            name = "-".join(parts)
+            if name in names:
+                raise RisbenchError(f"{where}: two runs expand to the same name '{name}'")
+            names.append(name)
+            for seed in exp.seeds:
+                resolved = validate_run_config({**cfg, "seed": seed}, f"{where}: run '{name}'")
+                runs.append(Run(variant=name, seed=seed, config=resolved, index=len(names) - 1))
+
+    if table.rows:
+        for key in table.rows:
+            if key not in names:
+                raise UnknownNameError(f"{where}.table.rows: " + unknown_name_message("run", key, names))
+    return Experiment(
+        name=exp.name,
+        path=path,
+        description=exp.description,
+        table=table,
+        runs=runs,
+        variants=names,
+        seeds=list(exp.seeds),
+    )
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'1/4' -> (1, 4); the shard takes runs i, i+n, i+2n, ... (0-based)."""
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise RisbenchError(f"--shard expects i/n with 0 <= i < n, got '{text}'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_runs(runs: list[Run], shard: tuple[int, int] | None) -> list[Run]:
+    if shard is None:
+        return list(runs)
+    i, n = shard
+    return runs[i::n]

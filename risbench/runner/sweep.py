@@ -1,0 +1,188 @@
+"""`risbench run`: prepare the run folders of an experiment, hand them to a backend, build the table.
+
+runs/<experiment>/experiment.json            the layout `risbench table` uses (row order, table block)
+runs/<experiment>/<run_id>/{config.yaml, run.json, metrics.json, flops.json, train_log.jsonl, checkpoints/}
+results/<experiment>/table.{csv,md,tex}      (flops.{csv,md,tex} with --flops-only) + command.txt
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from risbench.config import PROJECT_ROOT
+from risbench.runner import backends, tables
+from risbench.runner.experiment import Experiment, Run
+from risbench.runner.progress import SweepProgress
+
+
+def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]:
+    """Create each run's folder with its resolved config.yaml and run.json, and the experiment's layout."""
+    exp_dir = Path(runs_dir) / exp.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    backends.write_json_atomic(exp_dir / "experiment.json", exp.meta())
+    dirs = []
+    for run in runs:
+        run_dir = exp.run_dir(runs_dir, run)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():  # train_run owns it once the run has started
+            tables.write_atomic(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
+        run_meta = {
+            "experiment": exp.name,
+            "variant": run.variant,
+            "seed": run.seed,
+            "index": run.index,
+            "run_id": run.run_id,
+            "config_hash": run.config_hash,
+        }
+        backends.write_json_atomic(run_dir / "run.json", run_meta)
+        dirs.append(run_dir)
+    return dirs
+
+
+def run_status(exp: Experiment, run: Run, runs_dir: Path) -> str:
+    run_dir = exp.run_dir(runs_dir, run)
+    if backends.is_finished(run_dir):
+        return "done"
+    if backends.is_started(run_dir):
+        return "partial"
+    return "new"
+
+
+def dry_run_table(exp: Experiment, runs: list[Run], runs_dir: Path) -> Table:
+    table = Table(
+        title=f"{exp.name} ({exp.path}): {len(runs)} runs under {Path(runs_dir) / exp.name}/", title_justify="left"
+    )
+    for col in ("run id", "variant", "seed", "status"):
+        table.add_column(col, overflow="fold")
+    for run in runs:
+        table.add_row(run.run_id, run.variant, str(run.seed), run_status(exp, run, runs_dir))
+    return table
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
+
+
+def machine() -> str:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "no GPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{platform.node()}; {platform.platform()}; {platform.processor() or platform.machine()}; "
+        f"{cores} CPU cores; {gpu}; python {platform.python_version()}; torch {torch.__version__}"
+    )
+
+
+def provenance_text(command: list[str], exp: Experiment, runs_dir: Path, seconds: float | None = None) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = [
+        f"command: {shlex.join(command)}",
+        f"experiment: {exp.path} ({len(exp.runs)} runs: {', '.join(r.run_id for r in exp.runs)})",
+        f"runs: {Path(runs_dir) / exp.name}",
+        f"date: {now}",
+        f"machine: {machine()}",
+        f"git commit: {git_commit()}",
+    ]
+    if seconds is not None:
+        lines.append(f"wall time of this invocation: {seconds:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    exp: Experiment,
+    runs_dir: Path,
+    results_dir: Path,
+    command: list[str],
+    stem: str = "table",
+    seconds: float | None = None,
+    columns: list[str] | None = None,
+) -> tuple[tables.TableData, Path]:
+    """Build the table of this expansion's runs and write <results>/<name>/<stem>.{csv,md,tex} + command.txt."""
+    exp_dir = Path(runs_dir) / exp.name
+    table = tables.table_for_dir(exp_dir, [r.run_id for r in exp.runs], columns=columns)
+    out = Path(results_dir) / exp.name
+    for fmt, ext in (("csv", "csv"), ("markdown", "md"), ("latex", "tex")):
+        tables.write_atomic(out / f"{stem}.{ext}", tables.render(table, fmt))
+    tables.write_atomic(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
+    return table, out
+
+
+def efficiency_table(table: tables.TableData, title: str) -> Table:
+    """The Params/GFLOPs columns (ours and the paper's) as a rich table for the terminal."""
+    out = Table(title=title, title_justify="left")
+    out.add_column("variant", style="bold")
+    cols = [c for c in tables.COST if c in table.mean.columns]
+    for c in cols:
+        out.add_column(tables.LABELS[c], justify="right")
+    paper_cols = [c for c in tables.COST if c in table.paper.columns]
+    for c in paper_cols:
+        out.add_column(f"paper {tables.LABELS[c]}", justify="right")
+    for v in table.mean.index:
+        row = [v] + [tables._fmt(table.mean.loc[v, c], c) or "–" for c in cols]
+        row += [tables._fmt(table.paper.loc[v, c], c) or "–" for c in paper_cols]
+        out.add_row(*row)
+    return out
+
+
+def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
+    """Measure every run's model (each distinct spec once) and write flops.json; no data, no training."""
+    cache: dict[str, Any] = {}
+    for run_dir in run_dirs:
+        backends.ensure_flops(run_dir, cache=cache)
+        data = json.loads((run_dir / "flops.json").read_text())
+        total = data.get("total", {})
+        console.print(
+            f"{run_dir.name}: {total.get('params', 0) / 1e6:.2f} M params, {total.get('flops', 0) / 1e9:.2f} GFLOPs",
+            highlight=False,
+        )
+
+
+def command_line() -> list[str]:
+    """The command as the user typed it (risbench ... rather than a python path)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("risbench", "__main__.py", "main.py"):
+        argv[0] = "risbench"
+    return argv
+
+
+def run_sweep(
+    exp: Experiment,
+    runs: list[Run],
+    runs_dir: Path,
+    progress: SweepProgress | None = None,
+    gpus: list[str] | None = None,
+) -> list[str]:
+    """Local backend: the unfinished runs, one after another (or packed onto GPUs). Returns failed run ids."""
+    run_dirs = prepare_runs(exp, runs, runs_dir)
+    done = sum(backends.is_finished(d) for d in run_dirs)
+    progress = progress or SweepProgress(f"{exp.name}", total=len(run_dirs), done=done)
+    with progress:
+        return backends.run_local(run_dirs, progress, split=exp.table.split, gpus=gpus)

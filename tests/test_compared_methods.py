@@ -212,3 +212,29 @@ def test_segmenter_end_to_end(part, opts):
     with torch.no_grad():
         out = model(torch.randn(B, 3, 64, 64), ids, pad)
     assert out.logits.shape == (B, 1, 16, 16)
+
+
+def test_dmmi_i2t_in_eval_counted_but_output_unchanged():
+    from risbench.flops import count_flops
+
+    class Logits(torch.nn.Module):
+        def __init__(self, dec):
+            super().__init__()
+            self.dec = dec
+
+        def forward(self, visual, text, pad):
+            feats = EncoderFeatures([visual] * 4, [text] * 4, pad)
+            return self.dec(FusedFeatures(visual, text, pad), feats).logits
+
+    fused, _ = fused_inputs()
+    spec = FeatureSpec((32,) * 4, (16,) * 4, 32, frozenset())
+    torch.manual_seed(0)
+    plain = build_decoder("dmmi", FUSED_SPEC, spec, **DMMI).eval()
+    torch.manual_seed(0)
+    full = build_decoder("dmmi", FUSED_SPEC, spec, i2t_in_eval=True, **DMMI).eval()
+    inputs = (fused.visual, fused.text, fused.text_pad_mask)
+    with torch.no_grad():
+        assert torch.equal(Logits(plain)(*inputs), Logits(full)(*inputs))
+        flops_plain, _ = count_flops(Logits(plain), inputs)
+        flops_full, _ = count_flops(Logits(full), inputs)
+    assert flops_full["dec.i2t"] > 0 and flops_plain["dec.i2t"] == 0

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from risbench.cli.main import main
 from risbench.config import PROJECT_ROOT
 from risbench.runner import backends
 from risbench.runner.experiment import load_experiment
+from risbench.runner.progress import SweepProgress
 
 TINY_DATA = {"preset": "synthref-refcoco+", "num_train": 32, "num_val": 8, "num_test": 8}
 TINY_TRAIN = {"max_steps": 2, "batch_size": 4, "log_every": 1, "val_every": None}
@@ -110,6 +114,17 @@ def test_component_rename_drops_old_options(tmp_path: Path) -> None:
     assert none == {"name": "none", "dim": 128}  # the Shared FPN's num_heads did not travel along
     shared = exp.runs[2].config["model"]["fpn"]
     assert shared["name"] == "shared" and shared["num_heads"] == 4
+
+
+def test_nested_sections_in_runs(tmp_path: Path) -> None:
+    runs = [
+        {"name": "pwam", "model": {"fpn": {"name": "pwam", "dim": 96}}, "train": {"lr": 0.5}},
+        {"name": "base"},
+    ]
+    exp = load_experiment(write(tmp_path / "e.yaml", experiment(runs=runs, seeds=[0])))
+    pwam, base = (r.config for r in exp.runs)
+    assert pwam["model"]["fpn"] == {"name": "pwam", "dim": 96} and pwam["train"]["lr"] == 0.5
+    assert base["model"]["fpn"]["name"] == "shared" and base["train"]["lr"] != 0.5  # runs do not leak
 
 
 BROKEN = {
@@ -296,3 +311,19 @@ def test_printed_torchrun_line_runs(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "runs" / "mini" / run.run_id / "metrics.json").is_file()
     assert main(run_args(path, tmp_path, "--gpus", "none")) == 0
     assert "shared" in (tmp_path / "results" / "mini" / "table.csv").read_text()
+
+
+def test_progress_view_renders_on_a_terminal(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "train_log.jsonl").write_text(json.dumps({"step": 5, "loss": 0.25, "train_seconds": 30.0}) + "\n")
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120)
+    with SweepProgress("mini", total=3, done=1, plain=False, console=console, interval=0.05) as progress:
+        progress.start_run("r", run_dir, "cpu", total_steps=None, budget_s=60.0)
+        time.sleep(0.3)
+        assert progress.active["r"].loss == 0.25 and progress.active["r"].fraction == pytest.approx(0.5)
+        assert progress.eta() is not None
+        progress.finish_run("r", ok=True)
+    text = buf.getvalue()
+    assert "2 done · 0 running · 1 left" in text and "ETA" in text

@@ -13,7 +13,7 @@ import pytest
 
 from risbench.cli.main import main
 from risbench.config import PROJECT_ROOT
-from risbench.runner import tables
+from risbench.runner import export, tables
 
 # oIoU / mIoU per variant and seed (percent); two variants x three seeds, one variant x one seed
 METRICS = {
@@ -87,7 +87,7 @@ def test_pivot_mean_std_and_paper_columns(tmp_path: Path) -> None:
 
 
 def test_csv_plain_numbers(tmp_path: Path) -> None:
-    text = tables.render(tables.table_for_dir(write_runs(tmp_path)), "csv")
+    text = export.render(tables.table_for_dir(write_runs(tmp_path)), "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["variant"] for r in rows] == ["none", "cris", "shared"]
     assert float(rows[0]["oiou_mean"]) == 62.0 and float(rows[0]["oiou_std"]) == 2.0
@@ -97,7 +97,7 @@ def test_csv_plain_numbers(tmp_path: Path) -> None:
 
 
 def test_markdown_bold_and_underline(tmp_path: Path) -> None:
-    text = tables.render(tables.table_for_dir(write_runs(tmp_path)), "markdown")
+    text = export.render(tables.table_for_dir(write_runs(tmp_path)), "markdown")
     cris = next(line for line in text.splitlines() if line.startswith("| cris "))
     assert "**70.00 ± 0.00**" in cris  # best oIoU
     assert "| 23 | 19 | 66.91 | 68.37 |" in cris  # the paper's numbers as printed there
@@ -106,7 +106,7 @@ def test_markdown_bold_and_underline(tmp_path: Path) -> None:
 
 
 def test_latex_booktabs_bold_underline(tmp_path: Path) -> None:
-    text = tables.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
+    text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
     assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
     assert "\\textbf{70.00 $\\pm$ 0.00}" in text
     assert "\\underline{73.00 $\\pm$ 2.00}" in text
@@ -140,7 +140,7 @@ def test_newest_run_wins_without_an_expansion(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_latex_compiles_with_pdflatex(tmp_path: Path) -> None:
     tex = tmp_path / "table.tex"
-    tex.write_text(tables.render(tables.table_for_dir(write_runs(tmp_path)), "latex"))
+    tex.write_text(export.render(tables.table_for_dir(write_runs(tmp_path)), "latex"))
     result = subprocess.run(
         ["bash", str(PROJECT_ROOT / "scripts" / "check_latex.sh"), str(tex)], capture_output=True, text=True
     )

@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
 
         if backend == "slurm":
             run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-            jobs = backends.run_slurm(
+            from risbench.runner.slurm import run_slurm
+
+            jobs = run_slurm(
                 run_dirs,
                 Path(runs_dir) / exp.name / ".submitit",
                 executor=executor,
@@ -109,6 +111,6 @@ def register(app: typer.Typer) -> None:
 
 
 def tables_markdown(table) -> str:
-    from risbench.runner.tables import to_markdown
+    from risbench.runner.export import to_markdown
 
     return to_markdown(table)

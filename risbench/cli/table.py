@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write here (atomically) instead of stdout"),
     ) -> None:
         """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout (mean ± std over seeds)."""
-        from risbench.runner.tables import render, table_for_dir, write_atomic
+        from risbench.runner.export import render, write_atomic
+        from risbench.runner.tables import table_for_dir
 
         text = render(table_for_dir(runs_dir), fmt)
         if out is None:

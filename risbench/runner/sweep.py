@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from risbench.config import PROJECT_ROOT
-from risbench.runner import backends, tables
+from risbench.runner import backends, export, tables
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.progress import SweepProgress
 
@@ -38,7 +38,7 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():  # train_run owns it once the run has started
-            tables.write_atomic(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
+            export.write_atomic(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
         run_meta = {
             "experiment": exp.name,
             "variant": run.variant,
@@ -130,8 +130,8 @@ def write_results(
     table = tables.table_for_dir(exp_dir, [r.run_id for r in exp.runs], columns=columns)
     out = Path(results_dir) / exp.name
     for fmt, ext in (("csv", "csv"), ("markdown", "md"), ("latex", "tex")):
-        tables.write_atomic(out / f"{stem}.{ext}", tables.render(table, fmt))
-    tables.write_atomic(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
+        export.write_atomic(out / f"{stem}.{ext}", export.render(table, fmt))
+    export.write_atomic(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
     return table, out
 
 
@@ -146,8 +146,8 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
     for c in paper_cols:
         out.add_column(f"paper {tables.LABELS[c]}", justify="right")
     for v in table.mean.index:
-        row = [v] + [tables._fmt(table.mean.loc[v, c], c) or "–" for c in cols]
-        row += [tables._fmt(table.paper.loc[v, c], c) or "–" for c in paper_cols]
+        row = [v] + [export._fmt(table.mean.loc[v, c], c) or "–" for c in cols]
+        row += [export._fmt(table.paper.loc[v, c], c) or "–" for c in paper_cols]
         out.add_row(*row)
     return out
 

@@ -331,3 +331,15 @@ def test_python2_pickle_reads_with_latin1(tmp_path):
 
     refs = ReferData._load_refs(paths(ReferConfig(root=str(tmp_path))))
     assert refs == [{"ref_id": 1, "raw": "café"}]
+
+
+def test_cli_synth_export_then_check(tmp_path, capsys):
+    args = ["data", "synth", "--format", "refer", "--out", str(tmp_path), "--flavour", "refcoco"]
+    args += ["--num-train", "4", "--num-val", "2", "--num-test", "2", "--seed", "5"]
+    assert main(args) == 0
+    preset = tmp_path / "synthref-refcoco.yaml"
+    assert preset.is_file() and len(list((tmp_path / "images" / "synthref-refcoco").glob("*.png"))) == 8
+    assert main(["data", "check", "--dataset", str(preset)]) == 0
+    out = capsys.readouterr().out
+    assert "train  refs       8  sentences      24  images      4" in out and "layout ok" in out
+    assert main(["data", "synth", "--out", str(tmp_path), "--format", "coco"]) == 2

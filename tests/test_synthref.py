@@ -218,3 +218,13 @@ def test_refcoco_plus_vocabulary_has_no_position_words():
 
     words = {w for t in train_texts({"name": "synthref", "flavour": "refcoco+", "num_train": 300}) for w in t.split()}
     assert not words & POSITION and not re.search(r"\d", " ".join(words))
+
+
+def test_cli_stats(capsys):
+    from risbench.cli.main import main
+
+    assert main(["data", "stats", "--dataset", "synthref-refcoco+-robust", "--limit", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "synthref-refcoco+-robust (flavour refcoco+" in out and "train scenes  20000  refs  40000" in out
+    assert "vocabulary (" in out and "objects per scene {" in out
+    assert main(["data", "stats", "--dataset", "refcoco-unc"]) == 2

@@ -369,7 +369,7 @@ def make_scene(
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown SynthRef flavour '{flavour}' (known: {', '.join(FLAVOURS)})")
     duplicate_prob = {"refcoco": 0.35, "refcoco+": 0.15, "refcocog": 0.25}[flavour]
-    while True:
+    for _attempt in range(1000):
         n = int(rng.integers(min_objects, max_objects + 1))
         objects = _place_objects(rng, n, duplicate_prob)
         if len(objects) < max(min_objects, refs_per_scene):
@@ -385,6 +385,10 @@ def make_scene(
                     break
         if len(picked) == refs_per_scene:
             break
+    else:
+        raise ValueError(
+            f"could not draw a {flavour} scene with {refs_per_scene} referable objects; lower refs_per_scene"
+        )
     refs = []
     for t, cands in picked:
         # RefCOCO flavour: favour sentences with position words, as in RefCOCO.

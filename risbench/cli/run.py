@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
                 seconds=time.time() - started,
                 columns=["params", "gflops"],
             )
-            console.print(sweep.efficiency_table(table, f"{exp.name}: efficiency ({table.caption})"))
+            console.print(sweep.efficiency_table(table, f"{exp.name}: efficiency"))
+            console.print(table.caption, highlight=False)
             console.print(f"wrote {out}/flops.{{csv,md,tex}}")
             return
 

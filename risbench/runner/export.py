@@ -170,8 +170,9 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
                 sizes.add(int(enc["image_size"]))
             weights.add(str(enc.get("weights") or "random"))
             data = cfg.get("data") or {}
+            detail = "/".join(str(data[k]) for k in ("flavour", "dataset", "split_by") if data.get(k))
             name = str(data.get("name") or "?")
-            datasets.add(f"{name} ({data['flavour']})" if data.get("flavour") else name)
+            datasets.add(f"{name} ({detail})" if detail else name)
             ev = cfg.get("eval") or {}
             if ev.get("threshold") is not None:
                 thresholds.add(ev["threshold"])
@@ -194,14 +195,17 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
     parts = []
     if spec.get("caption"):
         parts.append(spec["caption"].rstrip("."))
-    parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
-    parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
+    accuracy = any(c not in COST for c in spec.get("columns", LABELS))
+    if accuracy:
+        parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
+        parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
     parts.append("input " + (one({f"{s}×{s}" for s in sizes}, "?")))
-    parts.append(f"weights: {one(weights, 'random')}")
-    if len(seeds) > 1:
-        parts.append(f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")
-    else:
-        parts.append(f"seed {one(set(seeds), '0')}")
+    if accuracy:
+        parts.append(f"weights: {one(weights, 'random')}")
+        if len(seeds) > 1:
+            parts.append(f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+        else:
+            parts.append(f"seed {one(set(seeds), '0')}")
     scope = "whole model" if cost == "total" else f"{cost} only"
     flop_text = f"Params/GFLOPs: {scope}, fvcore count (1 multiply-add = 1 FLOP)"
     if text_lens:
@@ -209,5 +213,6 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
     parts.append(flop_text)
     if spec.get("mirrors"):
         parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, BEiT-3 B, 480×480)")
-    parts.append("best in bold, second underlined")
+    if accuracy:
+        parts.append("best in bold, second underlined")
     return "; ".join(parts) + "."

@@ -91,15 +91,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str] | None, strict: bool = True) -> dict[str, Any]:
-    """Apply `--set` items to a copy of `cfg`. With `strict`, the parent of every key must exist
-    (typos fail here; whether a leaf is a valid option is checked by dataclass validation)."""
+    """Apply `--set` items to a copy of `cfg`. With `strict`, the top-level section must exist (a typo
+    there fails here); deeper keys may create sections, and dataclass validation rejects unknown ones."""
     out = copy.deepcopy(cfg)
     for item in overrides or []:
         parts, value = parse_override(item)
         node = out
         for depth, part in enumerate(parts[:-1]):
             if part not in node or not isinstance(node[part], dict):
-                if strict and part not in node:
+                if strict and depth == 0 and part not in node:
                     where = ".".join(parts[:depth]) or "the top level"
                     raise UnknownNameError(
                         f"--set {item}: " + unknown_name_message(f"key under {where}", part, node)

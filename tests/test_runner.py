@@ -281,23 +281,36 @@ def tiny_real(tmp_path: Path, **changes: Any) -> Path:
     return write(tmp_path / "real.yaml", experiment(seeds=[0], runs=[{"name": "shared"}], **changes))
 
 
-def test_slurm_local_executor_real_train_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """submitit's LocalExecutor runs the job in a subprocess: the real train_run + flops on a tiny run."""
+def fake_slurm_job(run_dir: str) -> dict:
+    """What a LocalExecutor task runs in its own process in the test below (importable: tests/ on PYTHONPATH)."""
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "flops.json").write_text(json.dumps(fake_flops(cfg)))
+    return FakeTrainer()(cfg, run_dir)
+
+
+def test_slurm_backend_through_submitit_local_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit's LocalExecutor: one job array, each task a subprocess; then `risbench run` finds every
+    run finished (no new jobs) and writes the table."""
     pytest.importorskip("submitit")
-    path = tiny_real(tmp_path)
-    args = run_args(path, tmp_path, "--backend", "slurm", "--executor", "local", "--wait", "--timeout-min", "10")
-    assert main(args) == 0
-    (run,) = load_experiment(path).runs
-    run_dir = tmp_path / "runs" / "mini" / run.run_id
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["splits"]["val"]["oIoU"] <= 100.0
-    assert json.loads((run_dir / "flops.json").read_text())["total"]["params"] > 0
+    from risbench.runner.slurm import run_slurm
+    from risbench.runner.sweep import prepare_runs
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    path = write(tmp_path / "e.yaml", experiment())
+    exp = load_experiment(path)
+    run_dirs = prepare_runs(exp, exp.runs, tmp_path / "runs")
+    folder = tmp_path / "runs" / "mini" / ".submitit"
+    jobs = run_slurm(run_dirs, folder, executor="local", wait=True, timeout_min=10, job_fn=fake_slurm_job)
+    assert len(jobs) == 4 and len({j.job_id for j in jobs}) == 4
+    assert all((d / "metrics.json").is_file() for d in run_dirs)
+    assert main(run_args(path, tmp_path, "--backend", "slurm", "--executor", "local", "--wait")) == 0
     assert "shared" in (tmp_path / "results" / "mini" / "table.md").read_text()
 
 
 def test_printed_torchrun_line_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The print backend's line, run as printed (1 process), trains the run into its folder; then
-    `risbench run` finds it finished and only measures and tabulates it."""
+    """End to end with the real train_run: the print backend's line, run as printed (1 process), trains
+    the run into its folder; then `risbench run` finds it finished and only measures and tabulates it."""
     path = tiny_real(tmp_path)
     assert main(run_args(path, tmp_path, "--backend", "print")) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("torchrun")]

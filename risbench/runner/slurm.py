@@ -29,12 +29,13 @@ def run_slurm(
     partition: str | None = None,
     parallelism: int = 64,
     wait: bool = False,
+    job_fn: Any = None,
 ) -> list[Any]:
     """Submit the unfinished runs as one job array through submitit (an optional extra).
 
     executor: 'slurm' (a cluster), 'local' (submitit's LocalExecutor: subprocesses on this machine) or
     'debug' (DebugExecutor: in this process). With `wait`, blocks until every job ends and raises on a
-    failed one. Returns the jobs."""
+    failed one. `job_fn(run_dir: str)` replaces what each task runs (tests). Returns the jobs."""
     try:
         import submitit
     except ImportError:
@@ -67,7 +68,7 @@ def run_slurm(
         ex = submitit.DebugExecutor(folder=folder)
     else:
         raise RisbenchError(f"--executor: unknown submitit executor '{executor}'; known: slurm, local, debug")
-    jobs = ex.map_array(_slurm_job, [str(d) for d in todo])
+    jobs = ex.map_array(job_fn or _slurm_job, [str(d) for d in todo])
     if wait:
         errors = []
         for job, run_dir in zip(jobs, todo, strict=True):

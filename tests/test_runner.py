@@ -127,6 +127,13 @@ def test_nested_sections_in_runs(tmp_path: Path) -> None:
     assert base["model"]["fpn"]["name"] == "shared" and base["train"]["lr"] != 0.5  # runs do not leak
 
 
+def test_run_with_a_model_preset(tmp_path: Path) -> None:
+    runs = [{"name": "tiny", "model": "shared-ris-tiny"}, {"name": "b", "model": {"preset": "shared-ris-b"}}]
+    exp = load_experiment(write(tmp_path / "e.yaml", experiment(runs=runs, seeds=[0])))
+    tiny, b = (r.config["model"] for r in exp.runs)
+    assert tiny["encoder"]["size"] == "tiny" and b["encoder"]["size"] == "base"
+
+
 BROKEN = {
     "unknown top-level key": ({"sedes": [0]}, "sedes"),
     "unknown run key": ({"runs": [{"name": "a", "sett": {"fpn.name": "none"}}]}, "sett"),

@@ -76,7 +76,7 @@ class RunVariant:
 
     name: str
     set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
-    model: dict[str, Any] | None = None
+    model: Any = None  # a mapping merged into the base model, or a preset name / {preset: ...} replacing it
     data: dict[str, Any] | None = None
     tokenizer: dict[str, Any] | None = None
     train: dict[str, Any] | None = None
@@ -161,6 +161,14 @@ def _apply_variant(base: dict[str, Any], variant: RunVariant, where: str) -> dic
     for section in RUN_SECTIONS:
         value = getattr(variant, section)
         if value is None:
+            continue
+        if section == "model" and (isinstance(value, str) or (isinstance(value, dict) and "preset" in value)):
+            from risbench.train.config import resolve_model
+
+            try:
+                cfg["model"] = resolve_model(value)
+            except RisbenchError as exc:
+                raise type(exc)(f"{where}.model: {exc}") from None
             continue
         if not isinstance(value, dict):
             raise RisbenchError(f"{where}.{section}: expected a mapping, got {value!r}")

@@ -228,3 +228,12 @@ def test_cli_stats(capsys):
     assert "synthref-refcoco+-robust (flavour refcoco+" in out and "train scenes  20000  refs  40000" in out
     assert "vocabulary (" in out and "objects per scene {" in out
     assert main(["data", "stats", "--dataset", "refcoco-unc"]) == 2
+
+
+def test_star_fold_equals_even_odd_polygon():
+    from risbench.data import synthref_render as R
+
+    g = (np.arange(-300, 300) + 0.5) / 211
+    dx, dy = g[None, :], g[:, None]
+    folded = R._inside_star(dx, dy)
+    assert folded.sum() > 10000 and np.array_equal(folded, R._inside_polygon(dx, dy, R._POLYGONS["star"]))

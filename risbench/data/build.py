@@ -51,7 +51,8 @@ def build_dataset(
 
 
 def train_texts(data_cfg: str | dict[str, Any]) -> list[str]:
-    """Every positive training expression (in a fixed order), for training a tokenizer."""
+    """The training split's expressions (negatives included where the dataset has them), in a fixed order,
+    for training a tokenizer (SynthRef: those of its first 2,000 training scenes, which cover its vocabulary)."""
     cls, config = dataset_class_and_config(data_cfg)
     return cls.train_texts(config)
 

@@ -102,7 +102,7 @@ class ReferData:
         try:
             with open(p.refs, "rb") as f:
                 refs = pickle.load(f, encoding="latin1")  # python-2 pickles of the original release
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        except Exception as exc:  # any unpickling failure means a corrupt file
             raise RisbenchError(f"{p.refs}: not a readable refs pickle ({type(exc).__name__}); {p.layout()}") from None
         if not isinstance(refs, list):
             raise RisbenchError(f"{p.refs}: expected a pickled list of refs, got {type(refs).__name__}; {p.layout()}")
@@ -165,7 +165,7 @@ class ReferData:
         img = self.images[ann["image_id"]]
         try:
             return decode_segmentation(ann["segmentation"], int(img["height"]), int(img["width"]))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # pycocotools raises assorted types on malformed input
             raise RisbenchError(f"{self.paths.instances}: annotation {ann_id} has a bad segmentation ({exc})") from None
 
 

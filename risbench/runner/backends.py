@@ -129,9 +129,9 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _headline(metrics: dict[str, Any], split: str) -> str:
-    from risbench.runner.tables import _split_metrics
+    from risbench.runner.tables import split_metrics
 
-    values = _split_metrics(metrics or {}).get(split)
+    values = split_metrics(metrics or {}).get(split)
     if not values:
         return ""
     return ", ".join(f"{k} {values[k]:.2f}" for k in ("oiou", "miou") if k in values)

@@ -15,18 +15,18 @@ import pandas as pd
 import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
-from risbench.runner.tables import COST, DECIMALS, LABELS, TableData, _read_json
+from risbench.runner.tables import COST, DECIMALS, LABELS, TableData, read_json
 
 FORMATS = ("csv", "markdown", "latex")
 
 
-def _fmt(value: float, col: str) -> str:
+def fmt_value(value: float, col: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.{DECIMALS.get(col, 2)}f}"
 
 
-def _fmt_paper(value: float, col: str) -> str:
+def fmt_paper(value: float, col: str) -> str:
     """The paper's numbers as printed there (whole M / GFLOPs, two decimals for percentages)."""
     if value is None or math.isnan(value):
         return ""
@@ -35,10 +35,10 @@ def _fmt_paper(value: float, col: str) -> str:
 
 def _cell(t: TableData, variant: str, col: str, pm: str) -> str:
     mean = t.mean.loc[variant, col]
-    text = _fmt(mean, col)
+    text = fmt_value(mean, col)
     std = t.std.loc[variant, col]
     if text and col not in COST and t.n.get(variant, 0) > 1 and not math.isnan(std):
-        text += f"{pm}{_fmt(std, col)}"
+        text += f"{pm}{fmt_value(std, col)}"
     return text
 
 
@@ -64,7 +64,7 @@ def to_csv(t: TableData) -> str:
 def _display_frame(t: TableData, pm: str, dash: str) -> pd.DataFrame:
     data = {LABELS[c]: [(_cell(t, v, c, pm) or dash) for v in t.mean.index] for c in t.columns}
     for c in t.paper.columns:
-        data[f"paper {LABELS[c]}"] = [(_fmt_paper(t.paper.loc[v, c], c) or dash) for v in t.mean.index]
+        data[f"paper {LABELS[c]}"] = [(fmt_paper(t.paper.loc[v, c], c) or dash) for v in t.mean.index]
     return pd.DataFrame(data, index=pd.Index(list(t.mean.index), name="variant"))
 
 
@@ -178,15 +178,16 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
                 thresholds.add(ev["threshold"])
             if ev.get("resolution"):
                 resolutions.add(str(ev["resolution"]))
-        metrics = _read_json(d / "metrics.json") or {}
+        metrics = read_json(d / "metrics.json") or {}
         prov = metrics.get("provenance") if isinstance(metrics.get("provenance"), dict) else {}
         for key, bucket in (("threshold", thresholds), ("resolution", resolutions), ("weights", weights)):
             value = prov.get(key, metrics.get(key))
             if value is not None:
                 bucket.add(str(value) if key != "threshold" else value)
-        flops = _read_json(d / "flops.json") or {}
-        if flops.get("text_len"):
-            text_lens.add(int(flops["text_len"]))
+        flops = read_json(d / "flops.json") or {}
+        text_len = (flops.get("input") or {}).get("text_len", flops.get("text_len"))
+        if text_len:
+            text_lens.add(int(text_len))
 
     def one(values: set, default: str) -> str:
         return ", ".join(str(v) for v in sorted(values, key=str)) if values else default

@@ -146,8 +146,8 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
     for c in paper_cols:
         out.add_column(f"paper {tables.LABELS[c]}", justify="right")
     for v in table.mean.index:
-        row = [v] + [export._fmt(table.mean.loc[v, c], c) or "–" for c in cols]
-        row += [export._fmt(table.paper.loc[v, c], c) or "–" for c in paper_cols]
+        row = [v] + [export.fmt_value(table.mean.loc[v, c], c) or "–" for c in cols]
+        row += [export.fmt_paper(table.paper.loc[v, c], c) or "–" for c in paper_cols]
         out.add_row(*row)
     return out
 

@@ -55,7 +55,7 @@ def metric_key(name: str) -> str | None:
     return None
 
 
-def _split_metrics(data: dict[str, Any]) -> dict[str, dict[str, float]]:
+def split_metrics(data: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per-split {metric: value} from a metrics.json, whatever its nesting ({split: {...}} or
     {'splits'|'metrics': {split: {...}}}); values are percent, as risbench.train.metrics reports them."""
     for key in ("splits", "metrics", "results"):
@@ -103,7 +103,7 @@ def _flops_values(data: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -112,7 +112,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _run_meta(run_dir: Path) -> dict[str, Any] | None:
-    meta = _read_json(run_dir / "run.json")
+    meta = read_json(run_dir / "run.json")
     if meta is None and (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         name = run_dir.name
@@ -139,14 +139,14 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
             "index": int(meta.get("index", 10_000)),
         }
         metrics_path = run_dir / "metrics.json"
-        metrics = _read_json(metrics_path) if metrics_path.is_file() else None
+        metrics = read_json(metrics_path) if metrics_path.is_file() else None
         if metrics:
             mtime = metrics_path.stat().st_mtime
-            for split, values in _split_metrics(metrics).items():
+            for split, values in split_metrics(metrics).items():
                 for metric, value in values.items():
                     rows.append({**base, "split": split, "metric": metric, "value": value, "mtime": mtime})
         flops_path = run_dir / "flops.json"
-        flops = _read_json(flops_path) if flops_path.is_file() else None
+        flops = read_json(flops_path) if flops_path.is_file() else None
         if flops:
             mtime = flops_path.stat().st_mtime
             for metric, value in _flops_values(flops).items():
@@ -273,7 +273,7 @@ def table_for_dir(
     """Collect and pivot one experiment's run folder (runs/<experiment>/), using its experiment.json;
     `columns` narrows the table's columns (e.g. the cost columns only)."""
     runs_dir = Path(runs_dir)
-    meta = _read_json(runs_dir / "experiment.json") or {"name": runs_dir.name}
+    meta = read_json(runs_dir / "experiment.json") or {"name": runs_dir.name}
     if columns is not None:
         spec = dict(meta.get("table") or {})
         spec["columns"] = [c for c in spec.get("columns", COLUMNS) if c in columns]

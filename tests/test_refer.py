@@ -78,67 +78,26 @@ def _sent(sid, text, exist=None):
     return s
 
 
+def _ref(ref_id, ann_id, image_id, category_id, split, *sentences):
+    return {
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "split": split,
+        "file_name": f"x_{ann_id}.jpg",  # REFER's own file_name carries an ann suffix; the loader ignores it
+        "sent_ids": [x["sent_id"] for x in sentences],
+        "sentences": list(sentences),
+    }
+
+
 REFS = [
-    {
-        "ref_id": 100,
-        "ann_id": 10,
-        "image_id": 1,
-        "category_id": 1,
-        "split": "train",
-        "file_name": "x_10.jpg",
-        "sent_ids": [1, 2, 3],
-        "sentences": [_sent(1, "man on left"), _sent(2, "left guy"), _sent(3, "blue shirt")],
-    },
-    {
-        "ref_id": 101,
-        "ann_id": 11,
-        "image_id": 1,
-        "category_id": 2,
-        "split": "train",
-        "file_name": "x_11.jpg",
-        "sent_ids": [4, 5],
-        "sentences": [_sent(4, "the dog"), _sent(5, "a cat on the sofa", exist=False)],
-    },
-    {
-        "ref_id": 102,
-        "ann_id": 40,
-        "image_id": 4,
-        "category_id": 2,
-        "split": "train",
-        "file_name": "x_40.jpg",
-        "sent_ids": [6],
-        "sentences": [_sent(6, "big tree")],
-    },
-    {
-        "ref_id": 200,
-        "ann_id": 20,
-        "image_id": 2,
-        "category_id": 1,
-        "split": "val",
-        "file_name": "x_20.jpg",
-        "sent_ids": [7, 8],
-        "sentences": [_sent(7, "crowd of people"), _sent(8, "people in back")],
-    },
-    {
-        "ref_id": 300,
-        "ann_id": 30,
-        "image_id": 3,
-        "category_id": 3,
-        "split": "testA",
-        "file_name": "x_30.jpg",
-        "sent_ids": [9, 10, 11],
-        "sentences": [_sent(9, "red car"), _sent(10, "car"), _sent(11, "vehicle")],
-    },
-    {
-        "ref_id": 400,
-        "ann_id": 40,
-        "image_id": 4,
-        "category_id": 2,
-        "split": "testB",
-        "file_name": "x_40.jpg",
-        "sent_ids": [12],
-        "sentences": [_sent(12, "the tree on the right")],
-    },
+    _ref(100, 10, 1, 1, "train", _sent(1, "man on left"), _sent(2, "left guy"), _sent(3, "blue shirt")),
+    _ref(101, 11, 1, 2, "train", _sent(4, "the dog"), _sent(5, "a cat on the sofa", exist=False)),
+    _ref(102, 40, 4, 2, "train", _sent(6, "big tree")),
+    _ref(200, 20, 2, 1, "val", _sent(7, "crowd of people"), _sent(8, "people in back")),
+    _ref(300, 30, 3, 3, "testA", _sent(9, "red car"), _sent(10, "car"), _sent(11, "vehicle")),
+    _ref(400, 40, 4, 2, "testB", _sent(12, "the tree on the right")),
 ]
 
 

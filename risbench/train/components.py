@@ -1,0 +1,103 @@
+"""What a run builds from its config before training or evaluation: process settings (determinism,
+threads), the model, the tokenizer (trained on the training expressions and cached when no file is
+given; rank 0 first), the collator and the datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from risbench.train.config import RunConfig
+from risbench.train.distributed import DistInfo, barrier
+
+
+def default_cache_dir() -> Path:
+    from risbench.config import PROJECT_ROOT
+
+    return Path(os.environ.get("RISBENCH_CACHE", PROJECT_ROOT / ".cache"))
+
+
+def set_determinism(cfg: RunConfig, device: torch.device) -> None:
+    if not cfg.train.deterministic:
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+
+
+@contextlib.contextmanager
+def process_settings(cfg: RunConfig, device: torch.device):
+    """Deterministic algorithms and the thread count for the duration of a run, restored afterwards
+    (a run inside a longer-lived process, e.g. a test session or a local sweep, leaves no trace)."""
+    det, warn, threads = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+    )
+    try:
+        set_determinism(cfg, device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Components:
+    """Everything built from a config that training and evaluation need."""
+
+    model: nn.Module
+    tokenizer: Any
+    collator: Any
+    data_cfg: Any
+    image_size: int
+
+
+def build_components(cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> Components:
+    """Model (on the device), tokenizer (rank 0 trains/caches it first) and collator."""
+    from risbench.data.build import train_texts
+    from risbench.data.collate import Collator
+    from risbench.data.tokenizers import build_tokenizer
+    from risbench.models.segmenter import build_segmenter
+
+    model = build_segmenter(resolved["model"]).to(info.device)
+    enc = model.encoder
+    vocab = cfg.tokenizer.vocab_size or enc.vocab_size
+    cache = Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
+
+    def make():
+        texts = None if cfg.tokenizer.path else train_texts(resolved["data"])
+        return build_tokenizer(enc.tokenizer_family, cfg.tokenizer.path, texts, cache, vocab)
+
+    if info.is_main:
+        tokenizer = make()
+    barrier(info)
+    if not info.is_main:
+        tokenizer = make()
+    return Components(model, tokenizer, Collator(tokenizer, cfg.tokenizer.max_len), resolved["data"], enc.image_size)
+
+
+def build_split(comp: Components, split: str, *, train: bool, seed: int):
+    from risbench.data.build import build_dataset
+
+    enc = comp.model.encoder
+    return build_dataset(
+        comp.data_cfg,
+        split,
+        image_size=comp.image_size,
+        mean=enc.pixel_mean,
+        std=enc.pixel_std,
+        train=train,
+        seed=seed,
+    )

@@ -1,0 +1,248 @@
+"""The run config: what one training run is (model, data, tokenizer, recipe, evaluation, seed).
+
+A run config is plain YAML validated into `RunConfig`. `model` and `data` are a preset name, or a
+mapping; a model mapping may name a `preset:` and override sections of it
+(`model: {preset: shared-ris-tiny, fpn: {dim: 64}}`). `resolve_run_config` turns the raw dict into the
+fully resolved dict written to `run_dir/config.yaml`: the model becomes its complete spec, so a run
+does not change when a preset file does.
+
+Batch size: `train.batch_size` is the GLOBAL batch (summed over all processes of a torchrun group);
+each process takes `batch_size / world_size` samples per step, so a run gives the same optimisation
+trajectory on 1 or K processes (up to BatchNorm statistics on CPU; see risbench/train/distributed.py).
+The paper's "14 x 8 V100" is therefore `batch_size: 112` here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from risbench.config import apply_overrides, to_dataclass, to_dict
+from risbench.errors import RisbenchError
+
+SCHEDULES = ("cosine", "linear", "constant", "poly")
+RESOLUTIONS = ("original", "input")
+AMP_MODES = ("auto", "bf16", "off")
+# Keys whose value does not change what a run computes: ignored when deciding whether a finished or
+# interrupted run in the same directory is "the same run".
+VOLATILE_KEYS = (
+    ("run_dir",),
+    ("train", "num_workers"),
+    ("train", "log_every"),
+    ("train", "nproc_per_node"),
+    ("train", "threads"),
+    ("description",),
+)
+
+
+@dataclass
+class LossConfig:
+    """`train.loss`: a LOSSES registry name plus that loss's own options (e.g. bce_weight)."""
+
+    name: str = "bce_dice"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe. Defaults are the paper's (seed_specs §1.5)."""
+
+    epochs: int = 35
+    max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
+    max_minutes: float | None = None  # wall-clock budget for training (eval excluded); see trainer docs
+    batch_size: int = 112  # GLOBAL batch over all processes; per process = batch_size / world_size
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    clip_grad: float | None = 1.0  # max L2 norm of all gradients; null = off
+    loss: LossConfig = field(default_factory=LossConfig)
+    num_workers: int = 0
+    log_every: int = 10
+    val_every: int | None = None  # steps between validations on eval.val_split; null = each epoch end
+    ckpt_every: int | None = None  # steps between last.pt saves; null = at each validation and the end
+    val_max_samples: int | None = None  # cap on validation samples during training (final eval: all)
+    amp: str | bool = "auto"  # auto = bf16 autocast on CUDA, none on CPU; bf16; off (YAML off/false too)
+    sync_bn: bool | None = None  # null = SyncBatchNorm when running DDP on CUDA (not possible on CPU)
+    find_unused_parameters: bool = False
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn only on CUDA)
+    threads: int | None = None  # torch intra-op threads per process; null = torch's default
+    # processes (GPUs) the recipe was written for; informational (launch lines), batch_size stays global
+    nproc_per_node: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):
+            self.amp = "auto" if self.amp else "off"
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
+        if self.batch_size < 1 or self.epochs < 0:
+            raise ValueError("batch_size must be >= 1 and epochs >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: which splits, at what threshold and resolution (seed_specs §7.1)."""
+
+    splits: list[str] = field(default_factory=lambda: ["val"])
+    val_split: str | None = "val"  # chooses checkpoints/best.pt (by oIoU); null = no validation
+    threshold: float = 0.35  # a pixel is foreground when sigmoid(logit) > threshold
+    resolution: str = "original"  # original = unmapped to the image's own size; input = S x S grid
+    batch_size: int = 32  # global, like train.batch_size
+    checkpoint: str = "last"  # which weights the final metrics come from: last | best
+
+    def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got '{self.resolution}'")
+        if self.checkpoint not in ("last", "best"):
+            raise ValueError(f"checkpoint must be last or best, got '{self.checkpoint}'")
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer: a file/dir on disk (`path`), else one trained on the training expressions and cached."""
+
+    path: str | None = None
+    max_len: int = 20
+    vocab_size: int | None = None  # null = the encoder's vocab_size
+    cache_dir: str | None = None  # null = <project>/.cache/tokenizers
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    model: Any = "shared-ris-b"
+    data: Any = "synthref"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    run_dir: str | None = None
+    description: str | None = None
+
+
+def normalize_raw(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Make a raw config ready for `--set`: string `model`/`data` become `{preset: name}` so that
+    `--set model.fpn.dim=64` refines the preset instead of replacing it; `train.loss` options are
+    accepted flat (`loss: {name: bce_dice, bce_weight: 2.0}`)."""
+    out = copy.deepcopy(cfg)
+    for key in ("model", "data"):
+        if isinstance(out.get(key), str):
+            out[key] = {"preset": out[key]}
+    return out
+
+
+def apply_run_overrides(cfg: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """`--set` on a run config. Keys under model/data/train.loss may be new (they are checked when the
+    component is built); everything else must name an existing section."""
+    out = normalize_raw(cfg)
+    strict_items, loose_items = [], []
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        (
+            loose_items if key.split(".")[0] in ("model", "data") or key.startswith("train.loss.") else strict_items
+        ).append(item)
+    # fill in the sections so that strict overrides of a default field work
+    for section in ("train", "eval", "tokenizer"):
+        out.setdefault(section, {})
+    out = apply_overrides(out, loose_items, strict=False)
+    return apply_overrides(out, strict_items, strict=True)
+
+
+def _split_loss(train: dict[str, Any]) -> dict[str, Any]:
+    train = dict(train)
+    loss = train.get("loss")
+    if isinstance(loss, str):
+        loss = {"name": loss}
+    if isinstance(loss, dict):
+        loss = dict(loss)
+        name = loss.pop("name", "bce_dice")
+        options = dict(loss.pop("options", {}) or {})
+        options.update(loss)
+        train["loss"] = {"name": name, "options": options}
+    return train
+
+
+def resolve_model(model: Any) -> dict[str, Any]:
+    """A run config's `model` (name, or mapping with optional `preset:`) as a complete model spec."""
+    from risbench.models.segmenter import resolve_model_spec
+
+    if isinstance(model, str):
+        return resolve_model_spec(model)
+    if not isinstance(model, dict):
+        raise RisbenchError(f"model: expected a preset name or a mapping, got {model!r}")
+    model = copy.deepcopy(model)
+    preset = model.pop("preset", None)
+    if preset is None:
+        return resolve_model_spec(model)
+    sections = {k: v for k, v in model.items() if k in ("encoder", "fpn", "decoder")}
+    other = set(model) - set(sections)
+    if other:
+        raise RisbenchError(f"model: unknown key(s) {sorted(other)} next to 'preset'")
+    spec = resolve_model_spec(preset)
+    # a new component name drops the preset's options for that component
+    for key, section in sections.items():
+        if isinstance(section, dict) and "name" in section and section["name"] != spec.get(key, {}).get("name"):
+            spec[key] = {"name": section["name"]}
+    from risbench.config import merge
+
+    return merge(spec, sections)
+
+
+def resolve_data(data: Any) -> Any:
+    """A run config's `data` resolved as far as the data package allows (a preset name becomes its
+    mapping when `risbench.data` offers `resolve_data_config`)."""
+    try:
+        from risbench.data.build import resolve_data_config  # type: ignore[attr-defined]
+    except ImportError:
+        resolve_data_config = None
+    if isinstance(data, dict) and set(data) == {"preset"}:
+        data = data["preset"]
+    if resolve_data_config is None:
+        return copy.deepcopy(data)
+    resolved = resolve_data_config(data)
+    try:  # fill in the dataset's defaults, so config.yaml says everything the data depends on
+        from risbench.data.build import dataset_class_and_config
+
+        _, dcfg = dataset_class_and_config(resolved)
+    except ImportError:
+        return resolved
+    return {"name": resolved["name"], **(to_dict(dcfg) if dcfg is not None else {})}
+
+
+def resolve_run_config(raw: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """Validate a raw run config. Returns the dataclass and the resolved plain dict (config.yaml)."""
+    raw = normalize_raw(raw)
+    raw = dict(raw)
+    raw["model"] = resolve_model(raw.get("model", "shared-ris-b"))
+    raw["data"] = resolve_data(raw.get("data", "synthref"))
+    if "train" in raw:
+        raw["train"] = _split_loss(raw["train"] or {})
+    cfg = to_dataclass(RunConfig, raw, "run config")
+    # validate the loss options now (unknown keys fail before any training)
+    from risbench.registry import LOSSES
+
+    loss_cfg = LOSSES.make_config(cfg.train.loss.name, cfg.train.loss.options, "train.loss")
+    cfg.train.loss.options = to_dict(loss_cfg) if loss_cfg is not None else {}
+    resolved = to_dict(cfg)
+    resolved["train"]["betas"] = list(cfg.train.betas)
+    resolved["train"]["loss"] = {"name": cfg.train.loss.name, **cfg.train.loss.options}
+    return cfg, resolved
+
+
+def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without the keys that do not change results (VOLATILE_KEYS)."""
+    out = copy.deepcopy(resolved)
+    for path in VOLATILE_KEYS:
+        node = out
+        for part in path[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out

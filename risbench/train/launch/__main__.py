@@ -1,0 +1,5 @@
+import sys
+
+from risbench.train.launch import main
+
+sys.exit(main())

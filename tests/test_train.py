@@ -1,0 +1,171 @@
+"""Training runs end to end on a shrunken shared-ris-tiny and tiny SynthRef: files, skip, resume
+determinism (a run interrupted after k steps and resumed ends with exactly the weights and metrics of an
+uninterrupted one), config validation and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from risbench.errors import RisbenchError
+
+TINY_MODEL = {
+    "preset": "shared-ris-tiny",
+    "encoder": {"image_size": 32, "embed_dim": 32, "num_heads": 2, "depth": 2, "out_indices": [1, 2], "drop_path": 0.1},
+    "fpn": {"dim": 32, "num_heads": 2},
+    "decoder": {"num_heads": 2, "head": {"conv_dim": 16}},
+}
+
+
+def tiny_config(tmp_path: Path, **train) -> dict:
+    return {
+        "model": TINY_MODEL,
+        # 6 scenes x 2 refs = 12 training refs: 3 steps per epoch at batch 4, so 5 steps cross an epoch
+        "data": {"name": "synthref", "num_train": 6, "num_val": 2, "num_test": 2, "image_size": 40},
+        "tokenizer": {"max_len": 10, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
+        "train": {
+            "max_steps": 5,
+            "batch_size": 4,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "val_every": 2,
+            "threads": 1,  # tiny models: one thread is fastest, and spins less on a busy machine
+            **train,
+        },
+        "eval": {"splits": ["val"], "batch_size": 8},
+        "seed": 3,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these models are tiny, and two OpenMP threads on a busy 2-core machine spin
+    (measured 60x slower under load). Results are the same either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from risbench.train.api import train_run
+
+    tmp = tmp_path_factory.mktemp("full")
+    cfg = tiny_config(tmp)
+    metrics = train_run(cfg, tmp / "run", quiet=True)
+    return cfg, tmp / "run", metrics
+
+
+def test_run_writes_its_files(finished_run):
+    cfg, run_dir, metrics = finished_run
+    for name in ("config.yaml", "train_log.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["encoder"]["name"] == "beit3" and saved["model"]["encoder"]["image_size"] == 32
+    assert saved["train"]["loss"] == {"name": "bce_dice", "bce_weight": 2.0, "dice_weight": 0.5, "dice_eps": 1.0}
+    log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in log if "loss" in x]
+    assert steps == [1, 2, 3, 4, 5]
+    assert all({"loss_bce", "loss_dice", "lr", "samples_per_s", "train_seconds"} <= set(x) for x in log if "loss" in x)
+    val = metrics["splits"]["val"]
+    assert val["split"] == "val" and val["threshold"] == 0.35 and val["resolution"] == "original"
+    assert val["num_sentences"] == 2 * 2 * 3
+    assert {"oIoU", "mIoU", "P@0.5", "P@0.9", "iou_by_size"} <= set(val)
+    prov = metrics["provenance"]
+    assert prov["weights"] == "random" and prov["seed"] == 3 and prov["world_size"] == 1
+    assert {"git", "versions", "device", "tokenizer", "image_size", "data", "timings"} <= set(prov)
+    assert metrics["train"]["steps"] == 5 and metrics["train"]["epochs_completed"] == 1
+
+
+def test_finished_run_is_skipped_and_other_config_refused(finished_run):
+    from risbench.train.api import train_run
+
+    cfg, run_dir, metrics = finished_run
+    before = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert train_run(cfg, run_dir, quiet=True) == metrics
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == before
+    other = tiny_config(Path(cfg["tokenizer"]["cache_dir"]).parent, lr=1e-3)
+    with pytest.raises(RisbenchError, match="different config"):
+        train_run(other, run_dir, quiet=True)
+
+
+def test_resume_is_exact(finished_run, tmp_path):
+    from risbench.train.api import train_run
+    from risbench.train.checkpoint import load_checkpoint
+
+    cfg, full_dir, full = finished_run
+    run_dir = tmp_path / "resumed"
+    partial = train_run(cfg, run_dir, quiet=True, interrupt_after=3)  # stops inside epoch 1
+    assert partial == {"interrupted": True, "step": 3}
+    assert not (run_dir / "metrics.json").exists()
+    resumed = train_run(cfg, run_dir, quiet=True)
+    assert resumed["splits"] == full["splits"]
+    assert resumed["train"]["val_history"][-1]["val"] == full["train"]["val_history"][-1]["val"]
+    a = load_checkpoint(full_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses = lambda d: [json.loads(x).get("loss") for x in (d / "train_log.jsonl").read_text().splitlines()]
+    assert losses(run_dir) == losses(full_dir)
+
+
+def test_bad_configs_fail_early(tmp_path):
+    from risbench.train.config import apply_run_overrides, resolve_run_config
+
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(RisbenchError, match="schedule"):
+        resolve_run_config(apply_run_overrides(cfg, ["train.schedule=cosin"]))
+    with pytest.raises(RisbenchError, match="did you mean"):
+        resolve_run_config(apply_run_overrides(cfg, ["train.loss.bce_wieght=1"]))
+    with pytest.raises(RisbenchError):
+        apply_run_overrides(cfg, ["trian.lr=1"])
+    _, resolved = resolve_run_config(apply_run_overrides(cfg, ["model.fpn.dim=64", "train.lr=0.01"]))
+    assert resolved["model"]["fpn"]["dim"] == 64 and resolved["train"]["lr"] == 0.01
+
+
+def test_schedule_warmup_then_cosine():
+    from risbench.train.config import TrainConfig
+    from risbench.train.optim import LRSchedule
+
+    s = LRSchedule(TrainConfig(lr=1.0, warmup_steps=2, min_lr=0.0), total_steps=6)
+    lrs = [s.lr_at(i) for i in range(6)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2] == pytest.approx(1.0) and lrs[4] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    assert s.lr_at(2, time_progress=1.0) == pytest.approx(0.0)
+
+
+def test_global_batch_sampler_shards_the_global_batch():
+    from risbench.train.distributed import GlobalBatchSampler
+
+    one = list(GlobalBatchSampler(10, 4, seed=1, epoch=2))
+    r0 = list(GlobalBatchSampler(10, 4, rank=0, world_size=2, seed=1, epoch=2))
+    r1 = list(GlobalBatchSampler(10, 4, rank=1, world_size=2, seed=1, epoch=2))
+    assert len(one) == 2 and [a + b for a, b in zip(r0, r1, strict=True)] == one
+    assert list(GlobalBatchSampler(10, 4, seed=1, epoch=2, start_batch=1)) == one[1:]
+    assert list(GlobalBatchSampler(10, 4, seed=1, epoch=3)) != one
+
+
+def test_cli_eval_and_predict(finished_run, tmp_path):
+    from PIL import Image
+
+    from risbench.cli.main import main
+
+    _, run_dir, metrics = finished_run
+    assert main(["eval", str(run_dir), "--resolution", "input", "--threshold", "0.5", "--swap-text"]) == 0
+    written = json.loads((run_dir / "evals" / "val_t0.5_input_swapped.json").read_text())
+    val = written["splits"]["val"]
+    assert (val["resolution"], val["threshold"], val["text"]) == ("input", 0.5, "swapped")
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "overlay.png"
+    assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
+    assert Image.open(out).size == (30, 24)

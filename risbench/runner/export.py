@@ -213,7 +213,7 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
         flop_text += f", {one(text_lens, '')} text tokens"
     parts.append(flop_text)
     if spec.get("mirrors"):
-        parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, BEiT-3 B, 480×480)")
+        parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, 480×480)")
     if accuracy:
         parts.append("best in bold, second underlined")
     return "; ".join(parts) + "."

@@ -138,7 +138,7 @@ def write_results(
 def efficiency_table(table: tables.TableData, title: str) -> Table:
     """The Params/GFLOPs columns (ours and the paper's) as a rich table for the terminal."""
     out = Table(title=title, title_justify="left")
-    out.add_column("variant", style="bold")
+    out.add_column("variant", style="bold", overflow="fold")
     cols = [c for c in tables.COST if c in table.mean.columns]
     for c in cols:
         out.add_column(tables.LABELS[c], justify="right")

@@ -15,11 +15,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write here (atomically) instead of stdout"),
     ) -> None:
         """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout (mean ± std over seeds)."""
-        from risbench.runner.export import render, write_atomic
+        from risbench.runner.export import render
         from risbench.runner.tables import table_for_dir
+        from risbench.train.checkpoint import atomic_write_text
 
         text = render(table_for_dir(runs_dir), fmt)
         if out is None:
             print(text, end="" if text.endswith("\n") else "\n")
         else:
-            write_atomic(out, text)
+            atomic_write_text(out, text)

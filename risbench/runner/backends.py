@@ -7,6 +7,7 @@ run can be executed anywhere from its folder alone: `execute_run(run_dir)`.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -21,6 +22,7 @@ import yaml
 
 from risbench.errors import RisbenchError
 from risbench.runner.progress import SweepProgress
+from risbench.train.checkpoint import atomic_write_json
 
 DEFAULT_TEXT_LEN = 20
 
@@ -64,18 +66,8 @@ def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
     return measure(model, image_size, text_len_of(cfg))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    import json
-
-    from risbench.runner.export import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> dict:
     """Write run_dir/flops.json unless it exists; `cache` (keyed by model spec) avoids measuring twice."""
-    import json
-
     path = Path(run_dir) / "flops.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -87,7 +79,7 @@ def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[s
         result = measure_flops(cfg)
         if cache is not None:
             cache[key] = result
-    write_json_atomic(path, result)
+    atomic_write_json(path, result)
     return result
 
 
@@ -120,8 +112,6 @@ def execute_run(run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):

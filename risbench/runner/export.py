@@ -1,13 +1,12 @@
 """Export a TableData: CSV (plain numbers, mean and std columns), Markdown and LaTeX (pandas Styler,
-booktabs; best in bold, second underlined), the caption, and atomic writes."""
+booktabs; best in bold, second underlined) and the caption. Files are written with
+risbench.train.checkpoint.atomic_write_text (temporary file + rename)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -136,20 +135,6 @@ def render(t: TableData, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UnknownNameError(unknown_name_message("format", fmt, FORMATS))
     return {"csv": to_csv, "markdown": to_markdown, "latex": to_latex}[fmt](t)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None = None) -> str:

@@ -25,20 +25,20 @@ from risbench.config import PROJECT_ROOT
 from risbench.runner import backends, export, tables
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.progress import SweepProgress
+from risbench.train.checkpoint import atomic_write_json, atomic_write_text
 
 
 def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]:
     """Create each run's folder with its resolved config.yaml and run.json, and the experiment's layout."""
     exp_dir = Path(runs_dir) / exp.name
     exp_dir.mkdir(parents=True, exist_ok=True)
-    backends.write_json_atomic(exp_dir / "experiment.json", exp.meta())
+    atomic_write_json(exp_dir / "experiment.json", exp.meta())
     dirs = []
     for run in runs:
         run_dir = exp.run_dir(runs_dir, run)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():  # train_run owns it once the run has started
-            export.write_atomic(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
+        if not backends.is_started(run_dir) and not backends.is_finished(run_dir):  # then train_run owns it
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run.config, sort_keys=False))
         run_meta = {
             "experiment": exp.name,
             "variant": run.variant,
@@ -47,7 +47,7 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
             "run_id": run.run_id,
             "config_hash": run.config_hash,
         }
-        backends.write_json_atomic(run_dir / "run.json", run_meta)
+        atomic_write_json(run_dir / "run.json", run_meta)
         dirs.append(run_dir)
     return dirs
 
@@ -130,8 +130,8 @@ def write_results(
     table = tables.table_for_dir(exp_dir, [r.run_id for r in exp.runs], columns=columns)
     out = Path(results_dir) / exp.name
     for fmt, ext in (("csv", "csv"), ("markdown", "md"), ("latex", "tex")):
-        export.write_atomic(out / f"{stem}.{ext}", export.render(table, fmt))
-    export.write_atomic(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
+        atomic_write_text(out / f"{stem}.{ext}", export.render(table, fmt))
+    atomic_write_text(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
     return table, out
 
 

@@ -169,3 +169,13 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     out = tmp_path / "overlay.png"
     assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
     assert Image.open(out).size == (30, 24)
+
+
+def test_time_budget_stops_training(tmp_path):
+    from risbench.train.api import train_run
+
+    cfg = tiny_config(tmp_path, max_steps=None, epochs=50, max_minutes=1e-4, val_every=None)
+    cfg["eval"]["val_split"] = None
+    metrics = train_run(cfg, tmp_path / "run", quiet=True)
+    assert metrics["train"]["steps"] == 1  # the first step already exceeds a 6 ms budget
+    assert metrics["splits"]["val"]["num_sentences"] == 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from risbench.errors import RisbenchError
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -49,7 +52,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint written by `save_checkpoint` (tensors, plain containers and numbers only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RisbenchError(
+            f"{path}: not a risbench checkpoint that loads safely (weights_only); written by an older "
+            f"version? Retrain, or start over with --no-resume ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:

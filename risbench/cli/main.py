@@ -35,7 +35,7 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__)):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for user errors)."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except RisbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return 2
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ class FusedFeatures:
 
 @dataclass
 class DecoderOutput:
-    """Mask logits at 1/4 of the input resolution, (B, 1, H/4, W/4), plus training-only extras
-    (auxiliary predictions) that a decoder's `extra_losses` turns into loss terms."""
+    """Mask logits (B, 1, h, w) (the Shared head: 4x the patch grid, i.e. 1/4 of the input at patch 16), plus
+    training-only extras (auxiliary predictions) that a decoder's `extra_losses` turns into loss terms."""
 
     logits: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)

@@ -19,7 +19,7 @@ MODEL_INFO_KEYS = ("description", "paper")
 
 
 class Segmenter(nn.Module):
-    """Referring segmenter: image + expression tokens -> mask logits at 1/4 input resolution."""
+    """Referring segmenter: image + expression tokens -> mask logits (B, 1, h, w)."""
 
     def __init__(self, encoder: Encoder, fpn: FPN, decoder: Decoder, spec: dict[str, Any]) -> None:
         super().__init__()

@@ -53,9 +53,7 @@ def resolve_model_spec(
         spec = load_config(find_preset("models", preset_or_spec))
     for key, value in sections.items():
         if key not in MODEL_KEYS:
-            raise RisbenchError(
-                f"build_model: unknown section '{key}'; expected one of {', '.join(MODEL_KEYS)}"
-            )
+            raise RisbenchError(f"build_model: unknown section '{key}'; expected one of {', '.join(MODEL_KEYS)}")
         spec = merge(spec, {key: value})
     # A new component name drops the old component's options (they belong to the old one).
     for item in overrides or []:

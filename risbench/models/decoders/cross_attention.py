@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from risbench.models.decoders.head import MaskHead, MaskHeadConfig
-from risbench.models.decoders.shared import joint_sequence, split_joint_sequence
+from risbench.models.decoders.head import MaskHead
+from risbench.models.decoders.shared import SharedDecoderConfig, SharedLayer, joint_sequence, split_joint_sequence
 from risbench.models.interfaces import (
     Decoder,
     DecoderOutput,
@@ -18,23 +18,15 @@ from risbench.models.interfaces import (
     FusedSpec,
     attention_mask_from_padding,
 )
-from risbench.models.layers import Attention, Mlp
 from risbench.registry import DECODERS
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(SharedLayer):
     """Pre-LN layer: visual tokens attend to the words, then an MLP on the visual tokens; words unchanged.
 
     u = LN1([v; t]) (the Shared layer's one LN over the joint sequence), v <- v + MHA(u_v, u_t, u_t),
     v <- v + MLP(LN2(v)).
     """
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, v: Tensor, t: Tensor, key_mask: Tensor | None) -> Tensor:
         v = v + self.attn(self.norm1(v), self.norm1(t), key_mask=key_mask)
@@ -42,14 +34,8 @@ class CrossAttentionLayer(nn.Module):
 
 
 @dataclass
-class CrossAttentionDecoderConfig:
-    """Options of the cross-attention decoder."""
-
-    num_layers: int = 1
-    num_heads: int = 8
-    mlp_ratio: float = 4.0
-    mask_text_padding: bool = True
-    head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+class CrossAttentionDecoderConfig(SharedDecoderConfig):
+    """Options of the cross-attention decoder (the Shared decoder's: layers, heads, MLP ratio, padding, head)."""
 
 
 @DECODERS.register("cross_attention", config=CrossAttentionDecoderConfig)

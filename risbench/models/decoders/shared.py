@@ -88,11 +88,7 @@ class SharedDecoder(Decoder):
         visual, text = fused.visual, fused.text
         if len(self.layers):
             seq, num_visual = joint_sequence(fused)
-            mask = (
-                attention_mask_from_padding(fused.text_pad_mask, num_visual)
-                if self.cfg.mask_text_padding
-                else None
-            )
+            mask = attention_mask_from_padding(fused.text_pad_mask, num_visual) if self.cfg.mask_text_padding else None
             for layer in self.layers:
                 seq = layer(seq, mask)
             visual, text = split_joint_sequence(seq, num_visual, fused)

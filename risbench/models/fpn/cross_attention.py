@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from risbench.models.fpn.shared import SharedFPN, SharedFPNConfig, _check_single_width, _joint_tokens, _split_fused
+from risbench.models.fpn.shared import SharedFPN, SharedFPNConfig, _check_single_width, _split_fused
 from risbench.models.interfaces import EncoderFeatures, FeatureSpec, FusedFeatures, attention_mask_from_padding
 from risbench.registry import FPNS
 
@@ -42,10 +42,7 @@ class CrossAttentionFPN(SharedFPN):
         mask = attention_mask_from_padding(feats.text_pad_mask, 0) if self.cfg.mask_text_padding else None
         outs = []
         for k in range(len(self.proj)):
-            vis, txt, cls = _joint_tokens(feats, k)
-            if has_cls:
-                vis = torch.cat([cls[:, None], vis], dim=1)
-            v, t = self.proj[k](vis, txt)
+            v, t = self.projected_stage(feats, k)
             u = self.norm[k](torch.cat([v, t], dim=1))
             v = v + self.attn[k](u[:, :num_prefix], u[:, num_prefix:], key_mask=mask)
             outs.append(torch.cat([v, t], dim=1))

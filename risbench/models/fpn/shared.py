@@ -89,29 +89,26 @@ class SharedFPN(FPN):
         self.norm = nn.ModuleList([nn.LayerNorm(cfg.dim) for _ in range(k)])
         self.attn = nn.ModuleList([Attention(cfg.dim, cfg.num_heads) for _ in range(k)])
         self.fuse = nn.Linear(k * cfg.dim, cfg.dim)
-        self.out_spec = FusedSpec(
-            cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"})
-        )
+        self.out_spec = FusedSpec(cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"}))
 
     def forward(self, feats: EncoderFeatures) -> FusedFeatures:
         grid = feats.visual[0].shape[-2:]
         has_cls = feats.visual_cls is not None
         num_prefix = grid[0] * grid[1] + int(has_cls)
-        mask = (
-            attention_mask_from_padding(feats.text_pad_mask, num_prefix)
-            if self.cfg.mask_text_padding
-            else None
-        )
+        mask = attention_mask_from_padding(feats.text_pad_mask, num_prefix) if self.cfg.mask_text_padding else None
         outs = []
         for k in range(len(self.proj)):
-            vis, txt, cls = _joint_tokens(feats, k)
-            if has_cls:
-                vis = torch.cat([cls[:, None], vis], dim=1)
-            v, t = self.proj[k](vis, txt)
-            h = torch.cat([v, t], dim=1)
+            h = torch.cat(self.projected_stage(feats, k), dim=1)
             outs.append(self.attn[k](self.norm[k](h), key_mask=mask) + h)
         z = self.fuse(torch.cat(outs, dim=-1))
         return _split_fused(z, num_prefix, has_cls, grid, feats.text_pad_mask)
+
+    def projected_stage(self, feats: EncoderFeatures, k: int) -> tuple[Tensor, Tensor]:
+        """Stage k's visual tokens ([cls,] patches) and text tokens, each projected to d_w by W_k."""
+        vis, txt, cls = _joint_tokens(feats, k)
+        if cls is not None:
+            vis = torch.cat([cls[:, None], vis], dim=1)
+        return self.proj[k](vis, txt)
 
 
 def _split_fused(z: Tensor, num_prefix: int, has_cls: bool, grid, pad_mask: Tensor) -> FusedFeatures:
@@ -148,9 +145,7 @@ class NoFPN(FPN):
                 f"got {in_spec.visual_dims[-1]} and {in_spec.text_dim}"
             )
         self.proj = ModalityLinear(in_spec.text_dim, cfg.dim, cfg.multiway_proj)
-        self.out_spec = FusedSpec(
-            cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"})
-        )
+        self.out_spec = FusedSpec(cfg.dim, in_spec.visual_strides[-1], frozenset({"text_tokens", "visual_cls"}))
 
     def forward(self, feats: EncoderFeatures) -> FusedFeatures:
         vis, txt, cls = _joint_tokens(feats, -1)

@@ -5,17 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from risbench.models.decoders.head import MaskHead
-from risbench.models.decoders.shared import SharedDecoderConfig, SharedLayer, joint_sequence, split_joint_sequence
+from risbench.models.decoders.shared import (
+    SharedDecoder,
+    SharedDecoderConfig,
+    SharedLayer,
+    joint_sequence,
+    split_joint_sequence,
+)
 from risbench.models.interfaces import (
-    Decoder,
     DecoderOutput,
     EncoderFeatures,
-    FeatureSpec,
     FusedFeatures,
-    FusedSpec,
     attention_mask_from_padding,
 )
 from risbench.registry import DECODERS
@@ -39,7 +41,7 @@ class CrossAttentionDecoderConfig(SharedDecoderConfig):
 
 
 @DECODERS.register("cross_attention", config=CrossAttentionDecoderConfig)
-class CrossAttentionDecoder(Decoder):
+class CrossAttentionDecoder(SharedDecoder):
     """Shared decoder with the fusion operator swapped for cross-attention (visual queries, text keys/values).
 
     Each layer: visual tokens (CLS + patches) attend to the text tokens (padding masked), then the MLP on the
@@ -49,15 +51,7 @@ class CrossAttentionDecoder(Decoder):
     FLAG reading (seed_specs §1.6): the paper names only "cross-attention"; MLP ratio 4 as the Shared layer.
     """
 
-    requires = frozenset({"text_tokens"})
-
-    def __init__(self, cfg: CrossAttentionDecoderConfig, in_spec: FusedSpec, enc_spec: FeatureSpec) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(
-            [CrossAttentionLayer(in_spec.dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_layers)]
-        )
-        self.head = MaskHead(in_spec.dim, cfg.head)
+    layer_cls = CrossAttentionLayer
 
     def forward(self, fused: FusedFeatures, feats: EncoderFeatures) -> DecoderOutput:
         seq, num_visual = joint_sequence(fused)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -75,12 +76,13 @@ class SharedDecoder(Decoder):
     """
 
     requires = frozenset({"text_tokens"})
+    layer_cls: ClassVar[type[nn.Module]] = SharedLayer  # the fusion layer; variants swap only this
 
     def __init__(self, cfg: SharedDecoderConfig, in_spec: FusedSpec, enc_spec: FeatureSpec) -> None:
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(
-            [SharedLayer(in_spec.dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_layers)]
+            [self.layer_cls(in_spec.dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.num_layers)]
         )
         self.head = MaskHead(in_spec.dim, cfg.head)
 

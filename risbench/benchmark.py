@@ -1,0 +1,136 @@
+"""Speed and memory of one model's training step (or forward pass): the costs FLOPs leave out.
+
+`benchmark_step` builds the model (random init unless its spec names weights), feeds it random images
+at the encoder's input size and random token ids of a fixed length, and times whole steps of the
+recipe: forward under the chosen autocast, the recipe's loss (2.0 BCE + 0.5 Dice by default) plus the
+decoder's auxiliary losses, backward, gradient clipping and an AdamW step. Warm-up steps (allocator,
+cuDNN autotuning, lazy inits) are not timed. On CUDA each timed window is bracketed by
+`torch.cuda.synchronize()`, and the peak memory is `torch.cuda.max_memory_allocated` over the timed
+steps (tensors PyTorch allocated; the process's total, with the CUDA context and the caching
+allocator's slack, is higher: `max_memory_reserved` is reported too).
+
+Data loading is excluded on purpose: the number is the model's cost, comparable across components.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from risbench.errors import RisbenchError
+
+MODES = ("train", "infer")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_step(
+    model: str,
+    overrides: list[str] | None = None,
+    *,
+    batch_size: int = 8,
+    amp: str = "auto",
+    mode: str = "train",
+    device: str = "auto",
+    steps: int = 20,
+    warmup: int = 5,
+    text_len: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
+    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.train.config import TrainConfig
+    from risbench.train.evaluate import autocast_context
+    from risbench.train.losses import build_loss
+    from risbench.train.optim import build_optimizer
+    from risbench.train.provenance import device_info, git_info, package_versions
+
+    if mode not in MODES:
+        raise RisbenchError(f"--mode: expected one of {', '.join(MODES)}, got '{mode}'")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise RisbenchError("need --steps >= 1, --warmup >= 0 and --batch-size >= 1")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RisbenchError("--device cuda: no CUDA device is visible; use --device cpu")
+    dev = torch.device(device)
+    recipe = TrainConfig(amp=amp)  # validates amp; the paper's optimizer and loss
+    torch.manual_seed(seed)
+    spec = resolve_model_spec(model, list(overrides or []))
+    net = build_segmenter(spec).to(dev)
+    enc = net.encoder
+    size = int(enc.image_size)
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch_size, 3, size, size, generator=gen).to(dev)
+    ids = torch.randint(3, int(enc.vocab_size), (batch_size, text_len), generator=gen).to(dev)
+    pad = torch.zeros(batch_size, text_len, dtype=torch.bool, device=dev)
+    loss_fn = build_loss(recipe.loss.name, recipe.loss.options)
+    optimizer = build_optimizer(net, recipe)
+    target: torch.Tensor | None = None
+
+    def train_step() -> None:
+        nonlocal target
+        with autocast_context(dev, recipe.amp):
+            out = net(image, ids, pad)
+        logits = out.logits.float()
+        if target is None:
+            target = (torch.rand(logits.shape, generator=gen) > 0.8).float().to(dev)
+        terms = dict(loss_fn(logits, target, {}))
+        terms.update(net.decoder.extra_losses(out, target, {}))
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.clip_grad:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step() -> None:
+        with autocast_context(dev, recipe.amp):
+            net(image, ids, pad)
+
+    step = train_step if mode == "train" else infer_step
+    net.train(mode == "train")
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    result: dict[str, Any] = {
+        "model": model,
+        "overrides": list(overrides or []),
+        "mode": mode,
+        "weights": net.weights,
+        "input": {"image_size": size, "text_len": text_len, "batch_size": batch_size},
+        "amp": "bf16 autocast"
+        if recipe.amp == "bf16" or (recipe.amp == "auto" and dev.type == "cuda")
+        else "off (fp32)",
+        "steps": steps,
+        "warmup": warmup,
+        "s_per_step_median": median,
+        "s_per_step_mean": statistics.fmean(times),
+        "images_per_s": batch_size / median,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "device": device_info(dev),
+        "git": git_info(),
+        "versions": package_versions(),
+        "seed": seed,
+    }
+    if dev.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
+        result["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return result

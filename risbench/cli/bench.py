@@ -1,0 +1,106 @@
+"""`risbench bench`: seconds per training step (or forward pass), images/s and peak GPU memory of a model,
+at one or more batch sizes; `--out DIR` writes bench.json (with provenance) and bench.md."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+COLUMNS = ("batch", "ms/step", "images/s", "peak GiB (allocated)", "peak GiB (reserved)")
+
+
+def render(result: dict) -> list[str]:
+    """The result as plain lines, each saying what its number is."""
+    inp = result["input"]
+    lines = [
+        f"{result['model']} {' '.join(result['overrides'])}".strip() + f": {result['mode']} on {where(result)}",
+        f"input: batch {inp['batch_size']}, image {inp['image_size']}x{inp['image_size']}, text length "
+        f"{inp['text_len']}; {result['amp']}; weights: {result['weights']}; {result['params_m']:.2f}M params",
+        f"{result['s_per_step_median'] * 1000:.1f} ms/step (median of {result['steps']} after {result['warmup']} "
+        f"warm-up), {result['images_per_s']:.1f} images/s",
+    ]
+    if "peak_memory_gib" in result:
+        lines.append(
+            f"peak GPU memory: {result['peak_memory_gib']:.2f} GiB allocated by tensors, "
+            f"{result['peak_reserved_gib']:.2f} GiB reserved by the caching allocator"
+        )
+    return lines
+
+
+def where(result: dict) -> str:
+    dev = result["device"]
+    return dev["name"] if dev["type"] == "cuda" else f"CPU ({dev['torch_threads']} torch threads)"
+
+
+def markdown(results: list[dict], command: str) -> str:
+    """A table of the results (one row per batch size) under the conditions they share."""
+    first = results[0]
+    inp = first["input"]
+    md = [
+        f"# {first['model']}: {first['mode']} step speed and memory",
+        "",
+        f"- command: `{command}`",
+        f"- device: {where(first)}; torch {first['versions'].get('torch')}; git {first['git'].get('commit')}"
+        + (" (uncommitted changes)" if first["git"].get("dirty") else ""),
+        f"- input: image {inp['image_size']}x{inp['image_size']}, text length {inp['text_len']}, random data "
+        f"(no data loading); {first['amp']}; weights: {first['weights']}; {first['params_m']:.2f}M params",
+        f"- ms/step: median of {first['steps']} steps after {first['warmup']} warm-up; a train step is forward, "
+        "the recipe's loss, backward, clipping and AdamW",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---:|" * len(COLUMNS),
+    ]
+    for r in results:
+        mem = (f"{r['peak_memory_gib']:.2f}", f"{r['peak_reserved_gib']:.2f}") if "peak_memory_gib" in r else ("", "")
+        cells = (str(r["input"]["batch_size"]), f"{r['s_per_step_median'] * 1000:.1f}", f"{r['images_per_s']:.1f}")
+        md.append("| " + " | ".join(cells + mem) + " |")
+    return "\n".join(md) + "\n"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench_cmd(
+        model: str = typer.Option("shared-ris-b", "--model", "-m", help="model preset name or YAML path"),
+        set_: list[str] = typer.Option([], "--set", help="model override, e.g. fpn.name=cris (repeatable)"),
+        batch_size: list[int] = typer.Option([8], "--batch-size", help="images per step, one process (repeatable)"),
+        amp: str = typer.Option("auto", "--amp", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or off"),
+        mode: str = typer.Option("train", "--mode", help="train (fwd + loss + bwd + AdamW) or infer (fwd)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+        steps: int = typer.Option(20, "--steps", help="timed steps"),
+        warmup: int = typer.Option(5, "--warmup", help="untimed steps first"),
+        text_len: int = typer.Option(20, "--text-len", help="token ids per expression"),
+        out: Path = typer.Option(None, "--out", help="folder for bench.json (with provenance) and bench.md"),
+    ) -> None:
+        """Time a model's training step (random inputs, the paper's loss and AdamW; data loading excluded)."""
+        from risbench.benchmark import benchmark_step
+        from risbench.train.checkpoint import atomic_write_json, atomic_write_text
+
+        console = Console()
+        results = []
+        for bs in batch_size:
+            result = benchmark_step(
+                model,
+                set_,
+                batch_size=bs,
+                amp=amp,
+                mode=mode,
+                device=device,
+                steps=steps,
+                warmup=warmup,
+                text_len=text_len,
+            )
+            results.append(result)
+            for line in render(result):
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if out is not None:
+            args = ["risbench", "bench", "--model", model, *[a for s in set_ for a in ("--set", s)]]
+            args += [a for bs in batch_size for a in ("--batch-size", str(bs))]
+            args += ["--amp", amp, "--mode", mode, "--steps", str(steps), "--warmup", str(warmup)]
+            args += ["--text-len", str(text_len), "--out", str(out)]
+            command = shlex.join(args)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "bench.json", {"command": command, "results": results})
+            atomic_write_text(out / "bench.md", markdown(results, command))

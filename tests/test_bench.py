@@ -1,0 +1,51 @@
+"""`risbench bench`: times a shrunken model's train and inference steps, writes its table, rejects bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from risbench.cli.main import main
+
+SMALL = [
+    "encoder.image_size=32",
+    "encoder.embed_dim=32",
+    "encoder.num_heads=2",
+    "encoder.depth=2",
+    "encoder.out_indices=[1,2]",
+    "fpn.dim=32",
+    "fpn.num_heads=2",
+    "decoder.num_heads=2",
+    "decoder.head.conv_dim=16",
+]
+SETS = [a for s in SMALL for a in ("--set", s)]
+
+
+def test_bench_writes_one_row_per_batch_size(tmp_path):
+    args = ["bench", "--model", "shared-ris-tiny", *SETS, "--batch-size", "2", "--batch-size", "3"]
+    assert main([*args, "--steps", "2", "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["input"]["batch_size"] for r in data["results"]] == [2, 3]
+    for r in data["results"]:
+        assert r["mode"] == "train" and r["amp"] == "off (fp32)" and r["weights"] == "random"
+        assert r["images_per_s"] == pytest.approx(r["input"]["batch_size"] / r["s_per_step_median"])
+        assert r["device"]["type"] == "cpu" and "peak_memory_gib" not in r
+    table = (tmp_path / "bench.md").read_text()
+    assert data["command"] in table and "| 2 |" in table and "| 3 |" in table
+
+
+def test_bench_infer_mode_leaves_weights_alone():
+    from risbench.benchmark import benchmark_step
+
+    r = benchmark_step("shared-ris-tiny", SMALL, batch_size=2, mode="infer", device="cpu", steps=1, warmup=0)
+    assert r["mode"] == "infer" and r["s_per_step_median"] > 0
+
+
+def test_bench_bad_input_exits_2(capsys):
+    assert main(["bench", "--model", "shared-ris-tiny", "--mode", "fit"]) == 2
+    assert "--mode: expected one of train, infer, got 'fit'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--model", "shared-ris-tiny", "--device", "cuda"]) == 2
+        assert "no CUDA device is visible" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -101,13 +102,15 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str] | None, strict: bo
             if part not in node or not isinstance(node[part], dict):
                 if strict and depth == 0 and part not in node:
                     where = ".".join(parts[:depth]) or "the top level"
-                    raise UnknownNameError(
-                        f"--set {item}: " + unknown_name_message(f"key under {where}", part, node)
-                    )
+                    raise UnknownNameError(f"--set {item}: " + unknown_name_message(f"key under {where}", part, node))
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
     return out
+
+
+# PyYAML follows YAML 1.1, where "4e-4" (no dot) is a string, not a float; a float field accepts it.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -124,6 +127,8 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is type(None):
         return value is None, value
     if hint is float:
+        if isinstance(value, str) and EXPONENT_FLOAT.match(value):
+            return True, float(value)
         return (isinstance(value, (int, float)) and not isinstance(value, bool)), (
             float(value) if isinstance(value, (int, float)) else value
         )

@@ -66,6 +66,10 @@ def test_to_dataclass_validates_and_coerces():
         to_dataclass(Outer, {"layers": "abc"}, "cfg")
     with pytest.raises(RisbenchError, match=r"cfg.rate: expected float"):
         to_dataclass(Outer, {"rate": True}, "cfg")
+    # YAML 1.1 reads 4e-4 (no dot) as a string; a float field takes it as the number it spells
+    assert to_dataclass(Outer, {"rate": "4e-4"}, "cfg").rate == 4e-4
+    with pytest.raises(RisbenchError, match=r"cfg.rate: expected float, got '4e-4x'"):
+        to_dataclass(Outer, {"rate": "4e-4x"}, "cfg")
 
 
 def test_include_merges_dicts_and_replaces_lists(tmp_path):

@@ -140,6 +140,23 @@ def test_random_init_warns_and_applies_magneto_scaling(caplog):
     assert attn.out_proj.B.weight.abs().max() <= bound * scale
 
 
+def test_scratch_init_puts_words_and_positions_on_one_scale():
+    torch.manual_seed(0)
+    ref = small(init="torchscale", vocab_size=1000)
+    torch.manual_seed(0)
+    scratch = small(init="scratch", vocab_size=1000)
+    # torchscale: words N(0, d^-0.5) under positions N(0, 1); scratch: both N(0, 0.02)
+    assert ref.text_embed.weight.std() < 0.2 < ref.encoder.embed_positions.B.weight.std()
+    for table in (scratch.text_embed, scratch.encoder.embed_positions.A, scratch.encoder.embed_positions.B):
+        assert table.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    attn = scratch.encoder.layers[0].self_attn
+    assert attn.q_proj.A.weight.std().item() == pytest.approx(0.02, rel=0.1)  # trunc-normal(0.02)
+    assert attn.v_proj.A.weight.std().item() == pytest.approx(0.02 * math.sqrt(math.log(4)), rel=0.1)  # x Magneto
+    assert attn.q_proj.A.bias.abs().max() == 0
+    with pytest.raises(RisbenchError, match=r"unknown encoder beit3 init 'unilm'.*known: scratch, torchscale"):
+        small(init="unilm")
+
+
 def test_forward_shapes_and_out_indices():
     enc = small(out_indices=(1, 2)).eval()
     b, length = 2, 7

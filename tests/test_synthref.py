@@ -157,6 +157,18 @@ def test_deterministic_and_disjoint_splits():
     assert other_seed.objects != a[0].objects
 
 
+def test_object_scale_scales_every_radius():
+    def radii(scale: float) -> list[float]:
+        source = SceneSource(SynthRefConfig(num_train=30, object_scale=scale), "train")
+        return [o.r for i in range(30) for o in source.scene(i).objects]
+
+    base, big = radii(1.0), radii(1.5)
+    assert 0.075 * 0.9 <= min(base) and max(base) <= 0.135 * 1.1
+    assert 1.5 * 0.075 * 0.9 <= min(big) and max(big) <= 1.5 * 0.135 * 1.1
+    with pytest.raises(ValueError, match="object_scale"):
+        SynthRefConfig(object_scale=0.0)
+
+
 def test_render_masks_follow_the_description():
     ds = build_dataset(
         {"name": "synthref", "flavour": "refcoco", "num_val": 40},

@@ -35,6 +35,7 @@ class SynthRefConfig:
     sentences_per_ref: int = 3
     min_objects: int = 3
     max_objects: int = 5
+    object_scale: float = 1.0  # multiplies every object's radius (small 0.075, large 0.135 of the side at 1.0)
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -43,6 +44,8 @@ class SynthRefConfig:
             raise ValueError(f"negative_fraction must be in [0, 1), got {self.negative_fraction}")
         if not 1 <= self.refs_per_scene <= self.min_objects <= self.max_objects <= 8:
             raise ValueError("need 1 <= refs_per_scene <= min_objects <= max_objects <= 8")
+        if not 0.0 < self.object_scale <= 2.0:
+            raise ValueError(f"object_scale must be in (0, 2], got {self.object_scale}")
         if self.sentences_per_ref < 1 or self.image_size < 16:
             raise ValueError("need sentences_per_ref >= 1 and image_size >= 16")
 
@@ -80,6 +83,7 @@ class SceneSource:
             refs_per_scene=c.refs_per_scene,
             sentences_per_ref=c.sentences_per_ref,
             negative_fraction=c.negative_fraction,
+            object_scale=c.object_scale,
         )
         return scene
 

@@ -318,7 +318,7 @@ def realise(e: Expr, flavour: str, rng: np.random.Generator) -> str:
 # -- scenes --------------------------------------------------------------------------------------------------
 
 
-def _place_objects(rng: np.random.Generator, n: int, duplicate_prob: float) -> list[SceneObject]:
+def _place_objects(rng: np.random.Generator, n: int, duplicate_prob: float, scale: float) -> list[SceneObject]:
     objects: list[SceneObject] = []
     for _ in range(n):
         if objects and rng.random() < duplicate_prob:  # a look-alike: position is needed to tell them apart
@@ -327,7 +327,7 @@ def _place_objects(rng: np.random.Generator, n: int, duplicate_prob: float) -> l
             size = src.size if rng.random() < 0.7 else _pick(rng, list(SIZES))
         else:
             shape, colour, size = _pick(rng, SHAPES), _pick(rng, list(COLOURS)), _pick(rng, list(SIZES))
-        r = SIZES[size] * (0.9 + 0.2 * rng.random())
+        r = SIZES[size] * scale * (0.9 + 0.2 * rng.random())
         ext = EXTENT * r
         for _try in range(60):
             x, y = ext + (1 - 2 * ext) * rng.random(), ext + (1 - 2 * ext) * rng.random()
@@ -361,17 +361,18 @@ def make_scene(
     refs_per_scene: int = 2,
     sentences_per_ref: int = 3,
     negative_fraction: float = 0.0,
+    object_scale: float = 1.0,
 ) -> Scene:
     """A scene with `refs_per_scene` refs of `sentences_per_ref` sentences each.
 
     Each sentence after a ref's first is negative with probability `negative_fraction` (the first is always
-    positive, so every ref has a target)."""
+    positive, so every ref has a target). `object_scale` multiplies every object's radius."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown SynthRef flavour '{flavour}' (known: {', '.join(FLAVOURS)})")
     duplicate_prob = {"refcoco": 0.35, "refcoco+": 0.15, "refcocog": 0.25}[flavour]
     for _attempt in range(1000):
         n = int(rng.integers(min_objects, max_objects + 1))
-        objects = _place_objects(rng, n, duplicate_prob)
+        objects = _place_objects(rng, n, duplicate_prob, object_scale)
         if len(objects) < max(min_objects, refs_per_scene):
             continue
         order = rng.permutation(len(objects))

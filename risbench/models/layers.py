@@ -75,10 +75,10 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 3, bias: bool = False) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, bias: bool = False, stride: int = 1) -> nn.Sequential:
     """Conv(k, same padding) -> BN -> ReLU, the block CRIS and the Shared-RIS head use."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias),
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )

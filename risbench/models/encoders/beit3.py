@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, unknown_name_message
 from risbench.models.encoders.beit3_checkpoint import load_beit3_weights
 from risbench.models.interfaces import (
     Encoder,
@@ -27,7 +27,7 @@ from risbench.models.interfaces import (
     attention_mask_from_padding,
     tokens_to_map,
 )
-from risbench.models.layers import DropPath
+from risbench.models.layers import DropPath, conv_bn_relu
 from risbench.registry import ENCODERS
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ BEIT3_SIZES: dict[str, tuple[int, int, int]] = {
 POSITION_OFFSET = 2
 # parameters torchscale's sub-LN ("Magneto") init multiplies by sqrt(log(2 * depth))
 MAGNETO_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
+INITS = ("torchscale", "scratch")
+STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -61,12 +63,20 @@ class Beit3Config:
     weights: str | None = None  # an official BEiT-3 checkpoint (.pth); None = random init
     max_text_positions: int = 1024
     layernorm_eps: float = 1e-5
+    # random init (ignored when weights are loaded): torchscale (the reference encoder's) or scratch
+    # (N(0, 0.02) text and position embeddings, trunc-normal(0.02) Linear, as ViT/BERT from scratch)
+    init: str = "torchscale"
+    stem: str = "patch"  # patch (BEiT-3's) | conv (a convolutional stem, for training from random init)
 
 
 def resolve_dims(cfg: Beit3Config) -> tuple[int, int, int]:
     """(width, depth, heads) from the size preset and the explicit overrides; invalid values raise."""
     if cfg.size not in BEIT3_SIZES:
         raise RisbenchError(f"encoder beit3: unknown size '{cfg.size}'; known: {', '.join(BEIT3_SIZES)}")
+    if cfg.init not in INITS:
+        raise RisbenchError(unknown_name_message("encoder beit3 init", cfg.init, INITS))
+    if cfg.stem not in STEMS:
+        raise RisbenchError(unknown_name_message("encoder beit3 stem", cfg.stem, STEMS))
     width, depth, heads = BEIT3_SIZES[cfg.size]
     width = cfg.embed_dim or width
     depth = cfg.depth or depth
@@ -155,16 +165,32 @@ class Beit3Layer(nn.Module):
 
 
 class VisionEmbed(nn.Module):
-    """Patch embedding (Conv p x p, stride p) with a prepended CLS token; `mask_token` is for MIM only."""
+    """Patch embedding with a prepended CLS token; `mask_token` is for MIM only.
 
-    def __init__(self, dim: int, patch_size: int) -> None:
+    stem "patch" is BEiT-3's (Conv p x p, stride p). stem "conv" is the convolutional stem of Xiao et al.
+    2021 ("Early convolutions help transformers see better"): log2(p) Conv3x3 stride 2 + BN + ReLU with
+    widths rising to `dim`, then Conv1x1. From random init it learns local shape much sooner than one
+    linear map per patch; official checkpoints have no weights for it (random init only)."""
+
+    def __init__(self, dim: int, patch_size: int, stem: str = "patch") -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        if stem == "conv":
+            n = int(math.log2(patch_size))
+            if 2**n != patch_size:
+                raise RisbenchError(f"encoder beit3: stem 'conv' needs a power-of-two patch_size, got {patch_size}")
+            widths = [3] + [max(dim >> (n - 1 - i), 8) for i in range(n)]
+            self.stem = nn.Sequential(
+                *[conv_bn_relu(cin, cout, 3, stride=2) for cin, cout in zip(widths, widths[1:], strict=False)]
+            )
+            self.proj = nn.Conv2d(widths[-1], dim, kernel_size=1)
+        else:
+            self.stem = nn.Identity()
+            self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # kept for checkpoint compatibility; unused
 
     def forward(self, image: Tensor) -> Tensor:
-        x = self.proj(image).flatten(2).transpose(1, 2)
+        x = self.proj(self.stem(image)).flatten(2).transpose(1, 2)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
 
 
@@ -202,10 +228,13 @@ class Beit3Encoder(Encoder):
     j == depth the final multiway LayerNorm (`encoder.layer_norm`) is applied, i.e. torchscale's
     `encoder_out`. Layers after the last out index are not run (they would feed nothing).
 
-    Random init follows torchscale: nn defaults, text embedding N(0, d^-0.5), zero cls/mask tokens,
-    then every fc1/fc2/out_proj/v_proj weight and bias multiplied by sqrt(log(2 * depth)) (sub-LN /
-    Magneto init). (unilm's BEiT3Wrapper re-initialises all Linear layers with a truncated normal
-    std 0.02 after that; we keep torchscale's init.) `weights` loads an official checkpoint.
+    Random init (`init`): "torchscale" follows the reference encoder: nn defaults (position tables
+    N(0, 1)), text embedding N(0, d^-0.5), zero cls/mask tokens, then every fc1/fc2/out_proj/v_proj
+    weight and bias multiplied by sqrt(log(2 * depth)) (sub-LN / Magneto init). That suits loading a
+    checkpoint, but from scratch a word's embedding is ~14x smaller than its position's, so the text
+    barely reaches the joint attention for hundreds of steps. "scratch" (for training from random init)
+    draws text and position embeddings from N(0, 0.02) and Linear weights from trunc-normal(0.02) with
+    zero biases, as ViT and BERT do, and keeps the Magneto scaling. `weights` loads an official checkpoint.
     """
 
     tokenizer_family = "sentencepiece"
@@ -225,7 +254,7 @@ class Beit3Encoder(Encoder):
         self.out_indices = tuple(cfg.out_indices)
 
         self.text_embed = nn.Embedding(cfg.vocab_size, dim)
-        self.vision_embed = VisionEmbed(dim, cfg.patch_size)
+        self.vision_embed = VisionEmbed(dim, cfg.patch_size, cfg.stem)
         self.encoder = Beit3Body(
             dim, depth, heads, self.num_vision_tokens, cfg.max_text_positions, cfg.layernorm_eps, cfg.drop_path
         )
@@ -248,7 +277,16 @@ class Beit3Encoder(Encoder):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        nn.init.normal_(self.text_embed.weight, mean=0.0, std=self.embed_dim**-0.5)
+        if self.cfg.init == "scratch":
+            for module in self.encoder.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+            for table in (self.text_embed, self.encoder.embed_positions.A, self.encoder.embed_positions.B):
+                nn.init.normal_(table.weight, mean=0.0, std=0.02)
+        else:
+            nn.init.normal_(self.text_embed.weight, mean=0.0, std=self.embed_dim**-0.5)
         scale = math.sqrt(math.log(2 * self.depth))
         for name, p in self.encoder.named_parameters():
             if any(key in name for key in MAGNETO_SCALED):

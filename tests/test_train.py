@@ -164,6 +164,13 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     written = json.loads((run_dir / "evals" / "val_t0.5_input_swapped.json").read_text())
     val = written["splits"]["val"]
     assert (val["resolution"], val["threshold"], val["text"]) == ("input", 0.5, "swapped")
+    assert main(["eval", str(run_dir), "--per-sentence"]) == 0
+    import pandas as pd
+
+    rows = pd.read_csv(run_dir / "evals" / "val_t0.35_original.val.csv")
+    summary = json.loads((run_dir / "evals" / "val_t0.35_original.json").read_text())["splits"]["val"]
+    assert len(rows) == summary["num_sentences"] and rows["sentence"].str.len().min() > 0
+    assert rows["iou"].mean() == pytest.approx(summary["mIoU"], abs=1e-3)
     img = tmp_path / "img.png"
     Image.fromarray((np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)).save(img)
     out = tmp_path / "overlay.png"

@@ -21,7 +21,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Reproducible comparisons of fusion strategies for referring image segmentation."""

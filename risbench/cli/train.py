@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
         swap_text: bool = typer.Option(False, "--swap-text", help="give every sample another sample's expression"),
         max_samples: int = typer.Option(None, "--max-samples", help="evaluate only the first N sentences"),
         as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
+        per_sentence: bool = typer.Option(
+            False, "--per-sentence", help="also write one CSV row per sentence (IoU, areas, expression)"
+        ),
     ) -> None:
         """Evaluate a trained run (oIoU, mIoU, P@X, IoU by size, R-RIS r/rIoU); writes RUN_DIR/evals/*.json."""
         from risbench.train.api import evaluate_run
@@ -89,6 +92,7 @@ def register(app: typer.Typer) -> None:
             swap_text=swap_text,
             checkpoint=checkpoint,
             max_samples=max_samples,
+            per_sentence=per_sentence,
         )
         if as_json:
             print(json.dumps(result, indent=2))

@@ -25,7 +25,8 @@ from risbench.train.checkpoint import atomic_write_json, atomic_write_text, load
 from risbench.train.components import Components, build_components, build_split, process_settings
 from risbench.train.config import RunConfig, comparable, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
-from risbench.train.evaluate import SwappedText, evaluate_dataset
+from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
+from risbench.train.metrics import SentenceResult
 from risbench.train.provenance import provenance
 from risbench.train.trainer import train
 
@@ -45,9 +46,11 @@ def evaluate_splits(
     swap_text: bool = False,
     max_samples: int | None = None,
     timings: dict[str, float] | None = None,
+    sentences: dict[str, list[SentenceResult]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{split: metrics} for the model in `comp`; every entry names its split, threshold and resolution.
-    Seconds per split go to `timings` (kept out of the metrics so that equal runs have equal metrics)."""
+    Seconds per split go to `timings` (kept out of the metrics so that equal runs have equal metrics);
+    per-sentence results to `sentences` when given."""
     out = {}
     timings = {} if timings is None else timings
     for split in splits:
@@ -55,7 +58,7 @@ def evaluate_splits(
         if swap_text:
             ds = SwappedText(ds, seed=cfg.seed)
         t0 = time.perf_counter()
-        metrics, _ = evaluate_dataset(
+        metrics, per_sentence = evaluate_dataset(
             comp.model,
             ds,
             comp.collator,
@@ -74,6 +77,8 @@ def evaluate_splits(
             **metrics,
         }
         timings[split] = round(time.perf_counter() - t0, 3)
+        if sentences is not None:
+            sentences[split] = per_sentence
     return out
 
 
@@ -235,8 +240,10 @@ def evaluate_run(
     checkpoint: str = "auto",
     max_samples: int | None = None,
     write: bool = True,
+    per_sentence: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a trained run again; writes run_dir/evals/<name>.json and returns its content."""
+    """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
+    <name>.<split>.csv with one row per sentence) and returns the JSON's content."""
     run_dir = Path(run_dir)
     info = init_distributed()
     cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
@@ -245,6 +252,7 @@ def evaluate_run(
     if resolution not in ("original", "input"):
         raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
     splits = splits or list(cfg.eval.splits)
+    sentences: dict[str, list[SentenceResult]] = {}
     result = {
         "splits": evaluate_splits(
             comp,
@@ -255,12 +263,16 @@ def evaluate_run(
             resolution=resolution,
             swap_text=swap_text,
             max_samples=max_samples,
+            sentences=sentences,
         ),
         "provenance": {**_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
         "checkpoint": used,
     }
     if write and info.is_main:
         name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
+        if per_sentence:
+            for split, items in sentences.items():
+                atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))
         atomic_write_json(run_dir / "evals" / f"{name}.json", result)
         result["written_to"] = str(run_dir / "evals" / f"{name}.json")
     return result

@@ -75,7 +75,12 @@ def score_batch(
         pred = (p > threshold).numpy()
         out.append(
             score_sentence(
-                pred, gt, index=indices[i], ref_id=meta.get("ref_id"), exists=bool(batch["exists"][i].item())
+                pred,
+                gt,
+                index=indices[i],
+                ref_id=meta.get("ref_id"),
+                exists=bool(batch["exists"][i].item()),
+                sentence=meta.get("sentence", ""),
             )
         )
     return out
@@ -128,3 +133,22 @@ def evaluate_dataset(
     gathered = [r for part in all_gather_objects(results, info) for r in part]
     gathered.sort(key=lambda r: r.index)
     return compute_metrics(gathered), gathered
+
+
+def per_sentence_csv(results: list[SentenceResult]) -> str:
+    """One CSV row per evaluated sentence (for error analysis): IoU, areas in percent of the image at the
+    evaluation resolution, whether the expression refers to something, and the expression itself."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "index": [r.index for r in results],
+            "ref_id": [r.ref_id for r in results],
+            "exists": [r.exists for r in results],
+            "iou": [round(r.iou * 100, 4) for r in results],
+            "gt_area_pct": [round(100 * r.gt_area / max(r.image_area, 1), 4) for r in results],
+            "pred_area_pct": [round(100 * r.pred_area / max(r.image_area, 1), 4) for r in results],
+            "sentence": [r.sentence for r in results],
+        }
+    )
+    return frame.to_csv(index=False)

@@ -55,6 +55,7 @@ class SentenceResult:
     pred_area: int
     gt_area: int
     image_area: int
+    sentence: str = ""  # the expression (for per-sentence reports; not used by the metrics)
 
     @property
     def iou(self) -> float:
@@ -65,7 +66,13 @@ class SentenceResult:
 
 
 def score_sentence(
-    pred: np.ndarray, gt: np.ndarray, *, index: int = 0, ref_id: Any = None, exists: bool = True
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    index: int = 0,
+    ref_id: Any = None,
+    exists: bool = True,
+    sentence: str = "",
 ) -> SentenceResult:
     """Counts for one binary prediction against its binary ground truth (same shape)."""
     pred = np.asarray(pred).astype(bool)
@@ -84,6 +91,7 @@ def score_sentence(
         pred_area=pred_area,
         gt_area=gt_area,
         image_area=int(gt.size),
+        sentence=sentence,
     )
 
 

@@ -178,6 +178,21 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     assert Image.open(out).size == (30, 24)
 
 
+def test_cli_curve_lists_every_validation(finished_run, tmp_path, capsys):
+    from risbench.cli.main import main
+
+    _, run_dir, _ = finished_run
+    vals = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    vals = [v for v in vals if "val" in v]
+    out = tmp_path / "curve.md"
+    assert main(["curve", str(run_dir), str(run_dir), "--name", "a", "--name", "b", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "step" not in line]
+    assert [int(r.split("|")[1]) for r in rows] == [v["step"] for v in vals]
+    assert f"{vals[-1]['val']['oIoU']:.2f}".rstrip("0").rstrip(".") in rows[-1]
+    assert main(["curve", str(tmp_path)]) == 2
+    assert "train_log.jsonl not found" in capsys.readouterr().err
+
+
 def test_time_budget_stops_training(tmp_path):
     from risbench.train.api import train_run
 

@@ -24,3 +24,19 @@ def register(app: typer.Typer) -> None:
             print(text, end="" if text.endswith("\n") else "\n")
         else:
             atomic_write_text(out, text)
+
+    @app.command("curve")
+    def curve_cmd(
+        run_dirs: list[Path] = typer.Argument(..., help="run folders written by `risbench train`"),
+        name: list[str] = typer.Option([], "--name", help="a column name per run (default: the folder name)"),
+        out: Path = typer.Option(None, "--out", help="write the Markdown here (atomically) instead of stdout"),
+    ) -> None:
+        """Learning curves: the val oIoU / mIoU each run logged while training, side by side by step."""
+        from risbench.train.checkpoint import atomic_write_text
+        from risbench.train.curves import curves_markdown
+
+        text = curves_markdown(list(run_dirs), list(name) or None)
+        if out is None:
+            print(text, end="")
+        else:
+            atomic_write_text(out, text)

@@ -9,6 +9,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+STEP_MEANING = {
+    "train": "a train step is forward, the recipe's loss, backward, clipping and AdamW",
+    "infer": "an infer step is one forward pass without gradients (eval mode)",
+}
 COLUMNS = ("batch", "ms/step", "images/s", "peak GiB (allocated)", "peak GiB (reserved)")
 
 
@@ -47,8 +51,7 @@ def markdown(results: list[dict], command: str) -> str:
         + (" (uncommitted changes)" if first["git"].get("dirty") else ""),
         f"- input: image {inp['image_size']}x{inp['image_size']}, text length {inp['text_len']}, random data "
         f"(no data loading); {first['amp']}; weights: {first['weights']}; {first['params_m']:.2f}M params",
-        f"- ms/step: median of {first['steps']} steps after {first['warmup']} warm-up; a train step is forward, "
-        "the recipe's loss, backward, clipping and AdamW",
+        f"- ms/step: median of {first['steps']} steps after {first['warmup']} warm-up; " + STEP_MEANING[first["mode"]],
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---:|" * len(COLUMNS),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from risbench.config import apply_overrides, find_preset, load_config, to_dataclass
+from risbench.config import PROJECT_ROOT, apply_overrides, find_preset, load_config, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError
 from risbench.registry import DECODERS, ENCODERS, FPNS, Registry
 
@@ -106,3 +106,22 @@ def test_find_preset():
     assert find_preset("models", "shared-ris-b").name == "shared-ris-b.yaml"
     with pytest.raises(UnknownNameError, match="did you mean 'shared-ris-b'"):
         find_preset("models", "shared-ris-bb")
+
+
+@pytest.mark.parametrize("path", sorted(PROJECT_ROOT.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_shipped_run_configs_validate(path):
+    from risbench.train.config import resolve_run_config
+
+    cfg, resolved = resolve_run_config(load_config(path))
+    assert resolved["model"]["encoder"]["name"] and cfg.train.max_steps
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PROJECT_ROOT.glob("experiments/**/*.yaml")), ids=lambda p: str(p.relative_to(PROJECT_ROOT))
+)
+def test_shipped_experiments_validate(path):
+    from risbench.runner.experiment import load_experiment
+
+    if path.name == "efficiency.yaml":  # read by `risbench efficiency`, not `risbench run`
+        pytest.skip("efficiency experiment")
+    assert load_experiment(path).runs

@@ -249,3 +249,31 @@ def test_star_fold_equals_even_odd_polygon():
     dx, dy = g[None, :], g[:, None]
     folded = R._inside_star(dx, dy)
     assert folded.sum() > 10000 and np.array_equal(folded, R._inside_polygon(dx, dy, R._POLYGONS["star"]))
+
+
+def test_breakdown_groups_sentences_by_word_kinds(tmp_path, capsys):
+    import pandas as pd
+
+    from risbench.cli.main import main
+    from risbench.data.synthref_analysis import breakdown, word_kinds
+
+    assert word_kinds("the little circle that is red") == "size+colour+shape"
+    assert word_kinds("a red star to the left of the blue square") == "colour+shape+relation"
+    assert word_kinds("the leftmost green one") == "colour+position"
+    assert word_kinds("the thing") == "none"
+    frame = pd.DataFrame(
+        {
+            "exists": [True, True, True, False],
+            "iou": [80.0, 20.0, 60.0, 0.0],
+            "sentence": ["red one", "blue one", "the star", "a green cross"],
+        }
+    )
+    table = breakdown(frame)
+    assert table.loc["colour"].tolist() == [2, 50.0, 50.0] and table.loc["shape"].tolist() == [1, 60.0, 100.0]
+    assert "shape+colour" not in table.index and len(table) == 2  # the negative sentence is left out
+    csv = tmp_path / "per_sentence.csv"
+    frame.to_csv(csv, index=False)
+    assert main(["data", "breakdown", str(csv)]) == 0
+    assert "| colour | 2 | 50 | 50 |" in capsys.readouterr().out
+    assert main(["data", "breakdown", str(tmp_path / "missing.csv")]) == 2
+    assert "--per-sentence" in capsys.readouterr().err

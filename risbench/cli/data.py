@@ -124,3 +124,31 @@ def register(app: typer.Typer) -> None:
                     f"{s['length_mean']:.1f} (max {s['length_max']}), objects per scene {{{objs}}}]"
                 )
             typer.echo(f"  vocabulary ({len(vocab)} words): {' '.join(vocab)}")
+
+    @data_app.command("breakdown")
+    def breakdown_cmd(
+        csv_path: Path = typer.Argument(..., help="a per-sentence CSV from `risbench eval RUN --per-sentence`"),
+        threshold: float = typer.Option(50.0, "--iou", help="IoU (percent) at which a sentence counts as a hit"),
+        out: Path = typer.Option(None, "--out", help="write the Markdown table here (atomically) instead of stdout"),
+    ) -> None:
+        """SynthRef error analysis: mIoU and P@X of positive sentences grouped by the kinds of words they use."""
+        import pandas as pd
+
+        from risbench.data.synthref_analysis import breakdown
+        from risbench.train.checkpoint import atomic_write_text
+
+        if not csv_path.exists():
+            raise RisbenchError(f"{csv_path} not found: write one with `risbench eval RUN_DIR --per-sentence`")
+        frame = pd.read_csv(csv_path)
+        missing = {"exists", "iou", "sentence"} - set(frame.columns)
+        if missing:
+            raise RisbenchError(f"{csv_path}: no column(s) {', '.join(sorted(missing))}; not a per-sentence CSV")
+        table = breakdown(frame, threshold)
+        rows = ["| words | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
+        rows += [f"| {name} | " + " | ".join(f"{v:g}" for v in row) + " |" for name, row in table.iterrows()]
+        text = f"Positive sentences of `{csv_path}` by the kinds of words they use (IoU in percent)\n\n"
+        text += "\n".join(rows) + "\n"
+        if out is None:
+            print(text, end="")
+        else:
+            atomic_write_text(out, text)

@@ -129,9 +129,11 @@ def write_results(
     exp_dir = Path(runs_dir) / exp.name
     table = tables.table_for_dir(exp_dir, [r.run_id for r in exp.runs], columns=columns)
     out = Path(results_dir) / exp.name
+    # provenance first: the tables about to be written may be tracked files, and must not count as changes
+    provenance = provenance_text(command, exp, runs_dir, seconds)
     for fmt, ext in (("csv", "csv"), ("markdown", "md"), ("latex", "tex")):
         atomic_write_text(out / f"{stem}.{ext}", export.render(table, fmt))
-    atomic_write_text(out / "command.txt", provenance_text(command, exp, runs_dir, seconds))
+    atomic_write_text(out / "command.txt", provenance)
     return table, out
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
-from risbench.data.synthref_scene import FLAVOURS, Scene, make_scene
+from risbench.data.synthref_generate import make_scene
+from risbench.data.synthref_scene import FLAVOURS, Scene
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.registry import DATASETS
 

@@ -103,8 +103,17 @@ class WordPieceTokenizer(Tokenizer):
         return self.tok.encode(text, add_special_tokens=False).ids
 
 
+# Part of the cache key: bump it when the training recipe of a tokenizer here changes, so that a cached
+# model from older code is not reused. The trainer library's version is part of the key too.
+TRAINING_RECIPE_VERSION = 1
+
+
 def _cache_key(family: str, texts: list[str], vocab_size: int) -> str:
-    h = hashlib.sha256(f"{family}\n{vocab_size}\n".encode())
+    import importlib.metadata
+
+    library = "sentencepiece" if family == "sentencepiece" else "tokenizers"
+    version = importlib.metadata.version(library)
+    h = hashlib.sha256(f"{family}\n{vocab_size}\n{TRAINING_RECIPE_VERSION}\n{library} {version}\n".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\n")

@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         text_len: int = typer.Option(20, "--text-len", help="token ids per expression"),
         out: Path = typer.Option(None, "--out", help="folder for bench.json (with provenance) and bench.md"),
     ) -> None:
-        """Time a model's training step (random inputs, the paper's loss and AdamW; data loading excluded)."""
+        """ms/step, images/s and peak GPU memory of a training step or forward pass (random inputs, no data loading)."""
         from risbench.benchmark import benchmark_step
         from risbench.train.checkpoint import atomic_write_json, atomic_write_text
 

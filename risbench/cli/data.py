@@ -22,7 +22,8 @@ def _data_config(dataset: str, root: str | None) -> dict:
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(
-        help="Datasets: export SynthRef, check a REFER layout, SynthRef statistics.", no_args_is_help=True
+        help="Datasets: export SynthRef, check a REFER layout, SynthRef statistics and error analysis.",
+        no_args_is_help=True,
     )
     app.add_typer(data_app, name="data")
 

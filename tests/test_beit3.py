@@ -153,8 +153,24 @@ def test_scratch_init_puts_words_and_positions_on_one_scale():
     assert attn.q_proj.A.weight.std().item() == pytest.approx(0.02, rel=0.1)  # trunc-normal(0.02)
     assert attn.v_proj.A.weight.std().item() == pytest.approx(0.02 * math.sqrt(math.log(4)), rel=0.1)  # x Magneto
     assert attn.q_proj.A.bias.abs().max() == 0
-    with pytest.raises(RisbenchError, match=r"unknown encoder beit3 init 'unilm'.*known: scratch, torchscale"):
+    with pytest.raises(RisbenchError, match=r"unknown encoder beit3 init 'unilm'.*known: scratch, "):
         small(init="unilm")
+
+
+def test_scratch_sincos_starts_patch_positions_as_sine_cosine():
+    from risbench.models.encoders.beit3 import sincos_2d
+    from risbench.models.encoders.beit3_layers import POSITION_OFFSET
+
+    table = sincos_2d(4, 8)
+    assert table.shape == (16, 8)
+    assert torch.allclose(table[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))  # row 0, column 0
+    assert torch.allclose(table[1, 4:], torch.tensor([math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)]))
+    torch.manual_seed(0)
+    enc = small(init="scratch_sincos")  # 32 px / patch 8 -> 4 x 4 grid, width 64
+    rows = enc.encoder.embed_positions.A.weight
+    assert torch.allclose(rows[POSITION_OFFSET + 1 :], sincos_2d(4, 64))
+    assert rows[POSITION_OFFSET].abs().max() < 0.2  # the CLS row keeps its N(0, 0.02) draw
+    assert rows.requires_grad  # a starting point, not frozen
 
 
 def test_forward_shapes_and_out_indices():

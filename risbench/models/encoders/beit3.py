@@ -39,7 +39,7 @@ BEIT3_SIZES: dict[str, tuple[int, int, int]] = {
 }
 # parameters torchscale's sub-LN ("Magneto") init multiplies by sqrt(log(2 * depth))
 MAGNETO_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
-INITS = ("torchscale", "scratch")
+INITS = ("torchscale", "scratch", "scratch_sincos")
 STEMS = ("patch", "conv")
 
 
@@ -61,6 +61,7 @@ class Beit3Config:
     layernorm_eps: float = 1e-5
     # random init (ignored when weights are loaded): torchscale (the reference encoder's) or scratch
     # (N(0, 0.02) text and position embeddings, trunc-normal(0.02) Linear, as ViT/BERT from scratch)
+    # or scratch_sincos (scratch, with the patch positions starting as fixed 2-D sine-cosine, as MAE)
     init: str = "torchscale"
     stem: str = "patch"  # patch (BEiT-3's) | conv (a convolutional stem, for training from random init)
 
@@ -90,6 +91,22 @@ def resolve_dims(cfg: Beit3Config) -> tuple[int, int, int]:
             f"(1-based; depth {depth})"
         )
     return width, depth, heads
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """(grid*grid, dim) fixed 2-D sine-cosine positions (MAE's): half the channels code the row, half the
+    column, each as sin and cos at dim/4 frequencies."""
+    if dim % 4:
+        raise RisbenchError(f"encoder beit3: init scratch_sincos needs embed_dim divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * omega[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()
 
 
 @ENCODERS.register("beit3", config=Beit3Config)
@@ -161,7 +178,7 @@ class Beit3Encoder(Encoder):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        if self.cfg.init == "scratch":
+        if self.cfg.init in ("scratch", "scratch_sincos"):
             for module in self.encoder.modules():
                 if isinstance(module, nn.Linear):
                     nn.init.trunc_normal_(module.weight, std=0.02)
@@ -169,6 +186,9 @@ class Beit3Encoder(Encoder):
                         nn.init.zeros_(module.bias)
             for table in (self.text_embed, self.encoder.embed_positions.A, self.encoder.embed_positions.B):
                 nn.init.normal_(table.weight, mean=0.0, std=0.02)
+            if self.cfg.init == "scratch_sincos":
+                rows = self.encoder.embed_positions.A.weight[POSITION_OFFSET + 1 :]  # patches; CLS row stays
+                rows.copy_(sincos_2d(self.grid, self.embed_dim))
         else:
             nn.init.normal_(self.text_embed.weight, mean=0.0, std=self.embed_dim**-0.5)
         scale = math.sqrt(math.log(2 * self.depth))

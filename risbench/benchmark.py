@@ -2,9 +2,9 @@
 
 `benchmark_step` builds the model (random init unless its spec names weights), feeds it random images
 at the encoder's input size and random token ids of a fixed length, and times whole steps of the
-recipe: forward under the chosen autocast, the recipe's loss (2.0 BCE + 0.5 Dice by default) plus the
-decoder's auxiliary losses, backward, gradient clipping and an AdamW step. Warm-up steps (allocator,
-cuDNN autotuning, lazy inits) are not timed. On CUDA each timed window is bracketed by
+recipe with the trainer's own `optimization_step`: forward under the chosen autocast, the recipe's loss
+(2.0 BCE + 0.5 Dice) plus the decoder's auxiliary losses, backward, gradient clipping and an AdamW
+step. Warm-up steps (allocator, cuDNN autotuning, lazy inits) are not timed. On CUDA each timed window is bracketed by
 `torch.cuda.synchronize()`, and the peak memory is `torch.cuda.max_memory_allocated` over the timed
 steps (tensors PyTorch allocated; the process's total, with the CUDA context and the caching
 allocator's slack, is higher: `max_memory_reserved` is reported too).
@@ -46,9 +46,9 @@ def benchmark_step(
     """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
     from risbench.models.segmenter import build_segmenter, resolve_model_spec
     from risbench.train.config import TrainConfig
-    from risbench.train.evaluate import autocast_context
+    from risbench.train.evaluate import autocast_context, uses_bf16
     from risbench.train.losses import build_loss
-    from risbench.train.optim import build_optimizer
+    from risbench.train.optim import build_optimizer, optimization_step
     from risbench.train.provenance import device_info, git_info, package_versions
 
     if mode not in MODES:
@@ -67,33 +67,22 @@ def benchmark_step(
     enc = net.encoder
     size = int(enc.image_size)
     gen = torch.Generator().manual_seed(seed)
-    image = torch.randn(batch_size, 3, size, size, generator=gen).to(dev)
-    ids = torch.randint(3, int(enc.vocab_size), (batch_size, text_len), generator=gen).to(dev)
-    pad = torch.zeros(batch_size, text_len, dtype=torch.bool, device=dev)
+    batch = {
+        "image": torch.randn(batch_size, 3, size, size, generator=gen).to(dev),
+        "text_ids": torch.randint(3, int(enc.vocab_size), (batch_size, text_len), generator=gen).to(dev),
+        "text_pad_mask": torch.zeros(batch_size, text_len, dtype=torch.bool, device=dev),
+        "mask": (torch.rand(batch_size, size, size, generator=gen) > 0.8).to(dev),
+    }
     loss_fn = build_loss(recipe.loss.name, recipe.loss.options)
     optimizer = build_optimizer(net, recipe)
-    target: torch.Tensor | None = None
 
     def train_step() -> None:
-        nonlocal target
-        with autocast_context(dev, recipe.amp):
-            out = net(image, ids, pad)
-        logits = out.logits.float()
-        if target is None:
-            target = (torch.rand(logits.shape, generator=gen) > 0.8).float().to(dev)
-        terms = dict(loss_fn(logits, target, {}))
-        terms.update(net.decoder.extra_losses(out, target, {}))
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.clip_grad:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
-        optimizer.step()
+        optimization_step(net, net.decoder, loss_fn, optimizer, batch, dev, amp=recipe.amp, clip_grad=recipe.clip_grad)
 
     @torch.no_grad()
     def infer_step() -> None:
         with autocast_context(dev, recipe.amp):
-            net(image, ids, pad)
+            net(batch["image"], batch["text_ids"], batch["text_pad_mask"])
 
     step = train_step if mode == "train" else infer_step
     net.train(mode == "train")
@@ -115,9 +104,7 @@ def benchmark_step(
         "mode": mode,
         "weights": net.weights,
         "input": {"image_size": size, "text_len": text_len, "batch_size": batch_size},
-        "amp": "bf16 autocast"
-        if recipe.amp == "bf16" or (recipe.amp == "auto" and dev.type == "cuda")
-        else "off (fp32)",
+        "amp": "bf16 autocast" if uses_bf16(dev, recipe.amp) else "off (fp32)",
         "steps": steps,
         "warmup": warmup,
         "s_per_step_median": median,

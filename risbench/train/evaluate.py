@@ -47,9 +47,14 @@ class SwappedText(torch.utils.data.Dataset):
         return sample
 
 
+def uses_bf16(device: torch.device, amp: str) -> bool:
+    """Whether `amp` means bf16 autocast on `device`: amp=auto|bf16 on CUDA; on CPU only an explicit bf16."""
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
 def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast on CUDA for amp=auto|bf16; on CPU only for an explicit amp=bf16."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    """bf16 autocast where `uses_bf16`, else nothing."""
+    if not uses_bf16(device, amp):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from risbench.train.config import TrainConfig
 
@@ -81,3 +81,48 @@ class LRSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total_steps = state["total_steps"]
         self.last_lr = state["last_lr"]
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The loss of a step was inf or NaN (the caller knows the step and says what to change)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss is {value}")
+        self.value = value
+
+
+def optimization_step(
+    model: nn.Module,
+    decoder: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    device: torch.device,
+    *,
+    amp: str,
+    clip_grad: float | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step of the recipe on `batch` (image, text_ids, text_pad_mask, mask): forward under the run's
+    autocast, the loss plus the decoder's auxiliary terms at the logits' resolution, backward, gradient
+    clipping, optimizer step. Returns the loss and its terms; a non-finite loss raises before the update."""
+    from risbench.train.evaluate import autocast_context
+    from risbench.train.losses import resize_target
+
+    image = batch["image"].to(device, non_blocking=True)
+    ids = batch["text_ids"].to(device, non_blocking=True)
+    pad = batch["text_pad_mask"].to(device, non_blocking=True)
+    with autocast_context(device, amp):
+        out = model(image, ids, pad)
+    logits = out.logits.float()
+    target = resize_target(batch["mask"].to(device), tuple(logits.shape[-2:]))
+    terms = dict(loss_fn(logits, target, batch))
+    terms.update(decoder.extra_losses(out, target, batch))
+    loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(float(loss.item()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    return loss, terms

@@ -28,9 +28,9 @@ from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from risbench.train.components import Components, build_split
 from risbench.train.config import RunConfig
 from risbench.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, broadcast_object
-from risbench.train.evaluate import autocast_context, evaluate_dataset
-from risbench.train.losses import build_loss, resize_target
-from risbench.train.optim import LRSchedule, build_optimizer
+from risbench.train.evaluate import evaluate_dataset
+from risbench.train.losses import build_loss
+from risbench.train.optim import LRSchedule, NonFiniteLoss, build_optimizer, optimization_step
 from risbench.train.progress import Progress, truncate_log, use_quiet
 
 CHECKPOINT_VERSION = 1
@@ -210,23 +210,12 @@ def train(
             t_last = time.perf_counter()
             for batch in loader:
                 lr = schedule.apply(optimizer, state.step, state.train_seconds / budget if budget else 0.0)
-                image = batch["image"].to(info.device, non_blocking=True)
-                ids = batch["text_ids"].to(info.device, non_blocking=True)
-                pad = batch["text_pad_mask"].to(info.device, non_blocking=True)
-                with autocast_context(info.device, tcfg.amp):
-                    out = ddp(image, ids, pad)
-                logits = out.logits.float()
-                target = resize_target(batch["mask"].to(info.device), tuple(logits.shape[-2:]))
-                terms = dict(loss_fn(logits, target, batch))
-                terms.update(decoder.extra_losses(out, target, batch))
-                loss = sum(terms.values())
-                if not torch.isfinite(loss):
-                    raise RisbenchError(f"loss is {loss.item()} at step {state.step + 1}; lower train.lr?")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tcfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(ddp.parameters(), tcfg.clip_grad)
-                optimizer.step()
+                try:
+                    loss, terms = optimization_step(
+                        ddp, decoder, loss_fn, optimizer, batch, info.device, amp=tcfg.amp, clip_grad=tcfg.clip_grad
+                    )
+                except NonFiniteLoss as exc:
+                    raise RisbenchError(f"loss is {exc.value} at step {state.step + 1}; lower train.lr?") from None
 
                 state.step += 1
                 state.batch_in_epoch += 1

@@ -60,7 +60,10 @@ def benchmark_step(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RisbenchError("--device cuda: no CUDA device is visible; use --device cpu")
     dev = torch.device(device)
-    recipe = TrainConfig(amp=amp)  # validates amp; the paper's optimizer and loss
+    try:
+        recipe = TrainConfig(amp=amp)  # the paper's optimizer and loss
+    except ValueError as exc:
+        raise RisbenchError(f"--amp: {exc}") from None
     torch.manual_seed(seed)
     spec = resolve_model_spec(model, list(overrides or []))
     net = build_segmenter(spec).to(dev)

@@ -80,6 +80,7 @@ DECODERS = Registry("decoder")
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss")
 METRICS = Registry("metric")
+OBJECTIVES = Registry("pretraining objective")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
@@ -88,6 +89,7 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,
     "losses": LOSSES,
     "metrics": METRICS,
+    "objectives": OBJECTIVES,
 }
 
 _loaded = False

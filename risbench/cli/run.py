@@ -76,11 +76,17 @@ def register(app: typer.Typer) -> None:
 
         if backend == "print":
             run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
+            if exp.pretrain is not None and not exp.pretrain.exists():
+                print(f"# first, once: risbench pretrain {exp.pretrain.name.rsplit('-', 1)[0]}")
             print(f"# {exp.name}: {len(run_dirs)} runs; after they finish: risbench table {runs_dir / exp.name}")
             for line in backends.run_print(run_dirs, nproc):
                 print(line)
             return
 
+        if exp.pretrain is not None:  # once, before any run trains; a finished artifact is reused
+            from risbench.runner.pretrained import ensure_pretrained
+
+            ensure_pretrained(exp.pretrain)
         if backend == "slurm":
             run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
             from risbench.runner.slurm import run_slurm

@@ -10,6 +10,8 @@
   model is trained on `train_texts` with those same special ids (so no offset), cached under `cache_dir` by a
   hash of the texts and the vocabulary size (BPE, not unigram: on a small closed corpus such as SynthRef's,
   unigram training stops at about 65 pieces, i.e. characters, while BPE reaches whole words).
+  A `path` to a model risbench trained itself (bos 0, pad 1, eos 2, unk 3: what `risbench pretrain` ships
+  beside its encoder) is read with its own ids, no offset.
   Framing: [<s>] + pieces[:max_len - 2] + [</s>] + padding.
 - "wordpiece": with `path` (a directory with `tokenizer.json` or `vocab.txt`, or the file itself), BERT's
   lower-casing WordPiece through the `tokenizers` library; without it, a WordPiece vocabulary trained on
@@ -41,11 +43,15 @@ class Tokenizer:
 
     family: str = ""
 
-    def __init__(self, bos_id: int, eos_id: int, pad_id: int, vocab_size: int, source: str) -> None:
+    def __init__(
+        self, bos_id: int, eos_id: int, pad_id: int, vocab_size: int, source: str, mask_id: int | None = None
+    ) -> None:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.vocab_size = vocab_size
+        # the id that replaces a masked word in masked language modelling (risbench pretrain)
+        self.mask_id = mask_id
         self._source = source
 
     def _pieces(self, text: str) -> list[int]:
@@ -69,14 +75,23 @@ class Tokenizer:
 class SentencePieceTokenizer(Tokenizer):
     family = "sentencepiece"
 
-    def __init__(self, model_file: Path, xlmr_offset: bool, source: str) -> None:
+    def __init__(self, model_file: Path, xlmr_offset: bool | None, source: str) -> None:
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        if xlmr_offset is None:  # a file on disk: XLM-R's (unk 0, bos 1, eos 2) or one risbench trained
+            xlmr_offset = not self.is_risbench_trained(self.sp)
         self.xlmr_offset = xlmr_offset
         n = self.sp.get_piece_size()
-        # XLM-R: 4 specials + (n - 1) shifted pieces + <mask> at n + 1; trained: the model's own ids.
-        super().__init__(0, 2, 1, n + 2 if xlmr_offset else n, source)
+        # XLM-R: 4 specials + (n - 1) shifted pieces + <mask> at n + 1; trained: the model's own ids, and
+        # <unk> stands in for the mask (a tokenizer trained on the corpus never emits it).
+        mask_id = n + 1 if xlmr_offset else self.sp.unk_id()
+        super().__init__(0, 2, 1, n + 2 if xlmr_offset else n, source, mask_id)
+
+    @staticmethod
+    def is_risbench_trained(sp) -> bool:
+        """True for a model `_train_sentencepiece` wrote (bos 0, pad 1, eos 2, unk 3): its ids need no shift."""
+        return (sp.bos_id(), sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2, 3)
 
     def _pieces(self, text: str) -> list[int]:
         ids = self.sp.encode(text)
@@ -97,7 +112,9 @@ class WordPieceTokenizer(Tokenizer):
         missing = [t for t, i in ids.items() if i is None]
         if missing:
             raise RisbenchError(f"{source}: WordPiece vocabulary lacks {', '.join(missing)}")
-        super().__init__(ids["[CLS]"], ids["[SEP]"], ids["[PAD]"], tok.get_vocab_size(), source)
+        super().__init__(
+            ids["[CLS]"], ids["[SEP]"], ids["[PAD]"], tok.get_vocab_size(), source, tok.token_to_id("[MASK]")
+        )
 
     def _pieces(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -213,7 +230,7 @@ def build_tokenizer(
             raise RisbenchError(f"tokenizer file not found: {path}")
         if family == "sentencepiece":
             try:
-                tok: Tokenizer = SentencePieceTokenizer(path, xlmr_offset=True, source=str(path))
+                tok: Tokenizer = SentencePieceTokenizer(path, xlmr_offset=None, source=str(path))
             except (OSError, RuntimeError) as exc:
                 raise RisbenchError(f"{path}: not a SentencePiece model ({exc})") from None
         else:
@@ -244,3 +261,20 @@ def build_tokenizer(
     if tok.vocab_size > vocab_size:  # cannot happen with the caps above; kept as a guard on library changes
         raise RisbenchError(f"{file}: trained vocabulary {tok.vocab_size} exceeds vocab_size {vocab_size}")
     return tok
+
+
+ARTIFACT_NAMES = {"sentencepiece": "tokenizer.model", "wordpiece": "tokenizer.json"}
+
+
+def save_tokenizer(tok: Tokenizer, directory: Path) -> Path:
+    """Write `tok` as one file in `directory` (SentencePiece: its model; WordPiece: a tokenizers json) that
+    `build_tokenizer(family, path=...)` reads back with the same ids; returns the path."""
+    path = Path(directory) / ARTIFACT_NAMES[tok.family]
+    if isinstance(tok, SentencePieceTokenizer):
+        if tok.xlmr_offset:
+            raise RisbenchError(f"{tok.describe()}: an XLM-R SentencePiece file is shipped as it is, not copied")
+        data = tok.sp.serialized_model_proto()
+        _atomic_write(path, lambda p: p.write_bytes(data))
+    else:
+        _atomic_write(path, lambda p: tok.tok.save(str(p)))
+    return path

@@ -90,6 +90,8 @@ class Encoder(nn.Module):
     image_size: int
     vocab_size: int
     weights: str  # "random" or the path the weights came from
+    # the OBJECTIVES name `risbench pretrain` uses for this family when the config names none
+    pretrain_objective: ClassVar[str | None] = None
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) excluded from weight decay."""
@@ -113,6 +115,28 @@ class Decoder(nn.Module):
 
         target: (B, 1, H, W) float mask at the logits' resolution."""
         return {}
+
+
+class PretrainObjective(nn.Module):
+    """Base class of encoder pretraining objectives (`risbench pretrain`): it holds the encoder and its own
+    heads, and turns a batch without masks into a loss. `requires` are encoder traits it needs.
+
+    forward(batch) -> (loss, {term: float}); `export()` gives {file name: object to torch.save}, the
+    encoder in its family's official checkpoint layout (heads outside the encoder's prefix);
+    `encoder_options(directory)` the encoder options that load those files (e.g. {"weights": ...})."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    encoder: Encoder
+
+    def export(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    @staticmethod
+    def encoder_options(directory) -> dict[str, str]:
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
 
 def split_joint(tokens: Tensor, num_visual: int) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ An experiment file (YAML)::
     name: fpn_ablation
     description: ...
     base:                       # a run config; presets are resolved by name
+      pretrain: beit3-tiny-synthref   # optional: every run fine-tunes from this pretrained encoder (pretrained.py)
       model: shared-ris-tiny    # registry/models/ preset, a YAML path, or an inline {encoder, fpn, decoder}
       data: synthref-refcoco+   # registry/datasets/ preset or inline mapping
       recipe: cpu               # registry/recipes/ preset (its sections sit under the base's own)
@@ -35,6 +36,7 @@ from typing import Any
 
 from risbench.config import load_config, merge, parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
+from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
 from risbench.runner.resolve import (
     MODEL_KEYS,
     RUN_SECTIONS,
@@ -129,6 +131,7 @@ class Experiment:
     runs: list[Run]
     variants: list[str]  # row order
     seeds: list[int]
+    pretrain: PretrainRef | None = None  # base.pretrain: the encoder every run fine-tunes from
 
     def run_dir(self, runs_dir: Path, run: Run) -> Path:
         return Path(runs_dir) / self.name / run.run_id
@@ -143,6 +146,7 @@ class Experiment:
             "seeds": self.seeds,
             "table": {k: v for k, v in vars(self.table).items()},
             "runs": [r.run_id for r in self.runs],
+            "pretrain": None if self.pretrain is None else self.pretrain.describe(),
         }
 
 
@@ -206,7 +210,14 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     if len(set(exp.seeds)) != len(exp.seeds):
         raise RisbenchError(f"{where}.seeds: duplicate seeds {exp.seeds}")
     table = to_dataclass(TableSpec, exp.table or {}, f"{where}.table")
-    base = resolve_base(exp.base, f"{where}.base", root=path.parent)
+    base_raw = dict(exp.base)
+    pretrain_ref = None
+    if base_raw.get("pretrain") is not None:
+        pretrain_ref = resolve_pretrain_ref(base_raw.pop("pretrain"), f"{where}.base.pretrain", root=path.parent)
+    base_raw.pop("pretrain", None)
+    base = resolve_base(base_raw, f"{where}.base", root=path.parent)
+    if pretrain_ref is not None:
+        base = apply_pretrain(base, pretrain_ref, f"{where}.base.pretrain")
 
     variants: list[RunVariant] = []
     seen: set[str] = set()
@@ -269,6 +280,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         runs=runs,
         variants=names,
         seeds=list(exp.seeds),
+        pretrain=pretrain_ref,
     )
 
 

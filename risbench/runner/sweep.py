@@ -158,7 +158,11 @@ def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
     """Measure every run's model (each distinct spec once) and write flops.json; no data, no training."""
     cache: dict[str, Any] = {}
     for run_dir in run_dirs:
-        backends.ensure_flops(run_dir, cache=cache)
+        cfg = backends.load_run_config(run_dir)
+        if exp.pretrain is not None and not exp.pretrain.exists():  # weights change no count: build without them
+            enc = {k: v for k, v in cfg["model"]["encoder"].items() if k not in exp.pretrain.encoder_options}
+            cfg = {**cfg, "model": {**cfg["model"], "encoder": enc}}
+        backends.ensure_flops(run_dir, cfg=cfg, cache=cache)
         data = json.loads((run_dir / "flops.json").read_text())
         total = data.get("total", {})
         console.print(

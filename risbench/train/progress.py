@@ -49,7 +49,7 @@ class Progress:
                 info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} img/s"
             self.bar.update(self.task, completed=step, **({"info": info} if record else {}))
         elif record:
-            terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss"))
+            terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("loss", "acc")))
             print(
                 f"step {record['step']} epoch {record['epoch']} {terms} lr {record['lr']:.3e} "
                 f"{record['samples_per_s']:.1f} img/s {record['s_per_step']:.3f} s/step",

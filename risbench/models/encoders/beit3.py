@@ -139,6 +139,7 @@ class Beit3Encoder(Encoder):
     """
 
     tokenizer_family = "sentencepiece"
+    pretrain_objective = "beit3_mdm"
     pixel_mean = (0.5, 0.5, 0.5)
     pixel_std = (0.5, 0.5, 0.5)
 
@@ -204,8 +205,11 @@ class Beit3Encoder(Encoder):
             "vision_embed.mask_token",
         }
 
-    def embed(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> Tensor:
-        """The layer-0 joint sequence (B, n+1+L, d): embeddings + positions, padded text zeroed."""
+    def embed(
+        self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None
+    ) -> Tensor:
+        """The layer-0 joint sequence (B, n+1+L, d): embeddings + positions, padded text zeroed. Patches
+        where `patch_mask` (B, n) is True are replaced by `mask_token` first (masked image modelling)."""
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise RisbenchError(
                 f"encoder beit3: expected {self.image_size}x{self.image_size} images, got "
@@ -218,10 +222,26 @@ class Beit3Encoder(Encoder):
                 f"{self.encoder.embed_positions.B.num_embeddings} - {POSITION_OFFSET}"
             )
         pos = self.encoder.embed_positions
-        vis = self.vision_embed(image) + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + self.num_vision_tokens]
+        vis = self.vision_embed(image)
+        if patch_mask is not None:
+            keep = torch.cat([torch.zeros_like(patch_mask[:, :1]), patch_mask], dim=1).unsqueeze(-1)
+            vis = torch.where(keep, self.vision_embed.mask_token.to(vis.dtype), vis)
+        vis = vis + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + self.num_vision_tokens]
         txt = self.text_embed(text_ids) + pos.B.weight[POSITION_OFFSET : POSITION_OFFSET + length]
         txt = txt * (~text_pad_mask).unsqueeze(-1).to(txt.dtype)
         return torch.cat([vis, txt], dim=1)
+
+    def final_sequence(
+        self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None
+    ) -> Tensor:
+        """Every layer, then the final multiway LayerNorm: the joint sequence (B, n+1+L, d) that
+        pretraining heads read (torchscale's `encoder_out`), whatever `out_indices` says."""
+        split = self.num_vision_tokens
+        x = self.embed(image, text_ids, text_pad_mask, patch_mask)
+        key_mask = attention_mask_from_padding(text_pad_mask, split)
+        for layer in self.encoder.layers:
+            x = layer(x, split, key_mask)
+        return self.encoder.layer_norm(x, split)
 
     def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
         split = self.num_vision_tokens

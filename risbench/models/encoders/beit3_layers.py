@@ -109,7 +109,7 @@ class VisionEmbed(nn.Module):
             self.stem = nn.Identity()
             self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # kept for checkpoint compatibility; unused
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # replaces masked patches in MIM (pretraining)
 
     def forward(self, image: Tensor) -> Tensor:
         x = self.proj(self.stem(image)).flatten(2).transpose(1, 2)

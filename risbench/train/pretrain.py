@@ -1,0 +1,329 @@
+"""`risbench pretrain`: train an encoder on image-text pairs without masks, with its family's objective,
+then export it in the family's official checkpoint layout beside the tokenizer it was trained with.
+
+An artifact is a folder `<name>-<hash>/` (hash = `config_hash` of the resolved config):
+  encoder files   what the objective exports (BEiT-3: encoder.pth, loadable with encoder.weights=)
+  tokenizer.*     the tokenizer the encoder's word ids refer to (fine-tuning must use the same one)
+  pretrain_log.jsonl, config.yaml
+  pretrain.json   provenance, written last (its presence marks a finished artifact): the resolved config and
+                  its hash, steps, the loss curve, git commit, versions, device, sha256 of every file
+It is looked for in the cache ($RISBENCH_CACHE or .cache, `pretrain/`) and in the committed folder
+`pretrained/` at the project root; a sweep pretrains once and every variant and seed shares the result.
+Single process (CPU or one GPU); resumable from checkpoints/last.pt, step for step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from risbench.config import PROJECT_ROOT
+from risbench.errors import IncompatibleError, RisbenchError
+from risbench.registry import ENCODERS, OBJECTIVES
+from risbench.train.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from risbench.train.components import default_cache_dir, process_settings
+from risbench.train.distributed import GlobalBatchSampler, env_world_size, init_distributed
+from risbench.train.evaluate import autocast_context
+from risbench.train.optim import LRSchedule, build_optimizer
+from risbench.train.pretrain_config import PretrainConfig, config_hash, resolve_pretrain_config
+from risbench.train.progress import Progress, truncate_log, use_quiet
+from risbench.train.provenance import provenance
+
+PROVENANCE_FILE = "pretrain.json"
+PROVENANCE_SCHEMA = 1
+COMMITTED_DIR = PROJECT_ROOT / "pretrained"
+
+
+@dataclass
+class Pretrained:
+    """A finished pretraining artifact: where it is, its hash, and how a fine-tuning run loads it."""
+
+    directory: Path
+    hash: str
+    encoder_options: dict[str, str]  # absolute paths, e.g. {"weights": ".../encoder.pth"}
+    tokenizer_path: str
+    provenance: dict[str, Any]
+
+
+def artifact_name(cfg: PretrainConfig, resolved: dict[str, Any]) -> str:
+    return f"{cfg.name}-{config_hash(resolved)}"
+
+
+def search_dirs() -> list[Path]:
+    """Where finished artifacts are looked for, in order: the cache, then the committed folder."""
+    return [default_cache_dir() / "pretrain", COMMITTED_DIR]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_artifact(directory: Path, expected_hash: str | None = None) -> Pretrained:
+    """Check and describe a finished artifact: schema, hash, and every file against its sha256."""
+    path = directory / PROVENANCE_FILE
+    try:
+        prov = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RisbenchError(f"{path}: not a readable pretraining provenance file ({exc})") from None
+    if prov.get("schema") != PROVENANCE_SCHEMA:
+        raise RisbenchError(
+            f"{path}: provenance schema {prov.get('schema')!r}, this risbench reads {PROVENANCE_SCHEMA}"
+        )
+    if expected_hash is not None and prov.get("hash") != expected_hash:
+        raise RisbenchError(f"{path}: artifact of config {prov.get('hash')}, expected {expected_hash}")
+    if config_hash(prov["config"]) != prov["hash"]:
+        raise RisbenchError(f"{path}: its config does not hash to its recorded hash {prov['hash']}")
+    for name, digest in prov["files"].items():
+        file = directory / name
+        if not file.is_file() or _sha256(file) != digest:
+            raise RisbenchError(
+                f"{directory}: {name} is missing or differs from its recorded sha256; re-run pretraining"
+            )
+    options = {k: str(directory / v) for k, v in prov["encoder_options"].items()}
+    return Pretrained(directory, prov["hash"], options, str(directory / prov["tokenizer"]), prov)
+
+
+def find_artifact(name: str) -> Pretrained | None:
+    """The first finished artifact `name` (`<config name>-<hash>`) in `search_dirs()`, or None."""
+    for root in search_dirs():
+        if (root / name / PROVENANCE_FILE).is_file():
+            return read_artifact(root / name, name.rsplit("-", 1)[1])
+    return None
+
+
+def pretrain(
+    raw: dict[str, Any],
+    out_dir: Path | None = None,
+    *,
+    quiet: bool = False,
+    resume: bool = True,
+    interrupt_after: int | None = None,
+    command: str | None = None,
+) -> Pretrained | None:
+    """Pretrain the encoder of a raw config, or reuse the finished artifact with the same hash. Writes to
+    `out_dir` (default: the cache). Returns the artifact; None when `interrupt_after` stopped it early.
+    `command` is recorded as the one that regenerates it (default `risbench pretrain <name>`)."""
+    cfg, resolved = resolve_pretrain_config(raw)
+    name = artifact_name(cfg, resolved)
+    if out_dir is None:
+        found = find_artifact(name)
+        if found is not None:
+            return found
+        out_dir = search_dirs()[0] / name
+    out_dir = Path(out_dir)
+    if (out_dir / PROVENANCE_FILE).is_file():
+        return read_artifact(out_dir, config_hash(resolved))
+    if env_world_size() > 1:
+        raise RisbenchError("risbench pretrain runs in one process; start it without torchrun")
+    cfg_path = out_dir / "config.yaml"
+    if cfg_path.is_file() and resume:
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        if config_hash(old) != config_hash(resolved):
+            raise RisbenchError(f"{out_dir} holds a pretraining of another config; choose another --out or delete it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+    info = init_distributed()
+    with process_settings(cfg, info.device):
+        command = command or f"risbench pretrain {cfg.name}"
+        return _run(cfg, resolved, out_dir, info.device, quiet, resume, interrupt_after, command)
+
+
+def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
+    """(objective module holding the encoder, tokenizer, training dataset) for a resolved config."""
+    from risbench.data.build import build_dataset, train_texts
+    from risbench.data.tokenizers import build_tokenizer
+
+    section = dict(resolved["model"]["encoder"])
+    enc_name = section.pop("name")
+    encoder = ENCODERS.get(enc_name).obj(ENCODERS.make_config(enc_name, section, "pretrain config model.encoder"))
+    entry = OBJECTIVES.get(cfg.objective.name)
+    missing = set(entry.obj.requires) - set(encoder.out_spec.traits)
+    if missing:
+        raise IncompatibleError(
+            f"incompatible components: objective '{cfg.objective.name}' needs {', '.join(sorted(missing))} but "
+            f"encoder '{enc_name}' provides {', '.join(sorted(encoder.out_spec.traits))}"
+        )
+    texts = None if cfg.tokenizer.path else train_texts(resolved["data"])
+    vocab = cfg.tokenizer.vocab_size or encoder.vocab_size
+    tokenizer = build_tokenizer(encoder.tokenizer_family, cfg.tokenizer.path, texts, cache, vocab)
+    options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
+    objective = entry.obj(options, encoder, tokenizer)
+    dataset = build_dataset(
+        resolved["data"],
+        "train",
+        image_size=encoder.image_size,
+        mean=encoder.pixel_mean,
+        std=encoder.pixel_std,
+        train=True,
+        seed=cfg.seed,
+    )
+    return objective, tokenizer, dataset
+
+
+def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command) -> Pretrained | None:
+    from risbench.data.collate import Collator
+
+    tcfg = cfg.train
+    seed_everything(cfg.seed)
+    cache = Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
+    objective, tokenizer, dataset = build_objective(cfg, resolved, cache)
+    objective.to(device).train()
+    collate = Collator(tokenizer, cfg.tokenizer.max_len)
+    steps_per_epoch = len(dataset) // tcfg.batch_size
+    if steps_per_epoch == 0:
+        raise RisbenchError(f"train.batch_size {tcfg.batch_size} is larger than the training split ({len(dataset)})")
+    optimizer = build_optimizer(objective, tcfg)
+    schedule = LRSchedule(tcfg, tcfg.max_steps)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0}
+    last, log_path = out_dir / "checkpoints" / "last.pt", out_dir / "pretrain_log.jsonl"
+    if resume and last.is_file():
+        ckpt = load_checkpoint(last, map_location=device)
+        objective.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        state = dict(ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        truncate_log(log_path, state["step"])
+    elif log_path.exists():
+        log_path.unlink()
+
+    def save() -> None:
+        save_checkpoint(
+            last,
+            {
+                "model": objective.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "state": dict(state),
+                "rng": rng_state(),
+                "config": resolved,
+            },
+        )
+
+    progress = Progress(tcfg.max_steps, True, use_quiet(quiet))
+    progress.update(state["step"], None)
+    window: dict[str, float] = {}
+    window_steps, window_time = 0, 0.0
+    try:
+        while state["step"] < tcfg.max_steps:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(state["epoch"])
+            sampler = GlobalBatchSampler(
+                len(dataset), tcfg.batch_size, seed=cfg.seed, epoch=state["epoch"], start_batch=state["batch_in_epoch"]
+            )
+            gen = torch.Generator()  # the loader's own: creating it must not draw from the global RNG
+            gen.manual_seed(cfg.seed * 1000 + state["epoch"])
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, num_workers=tcfg.num_workers, collate_fn=collate, generator=gen
+            )
+            t_last = time.perf_counter()
+            for batch in loader:
+                lr = schedule.apply(optimizer, state["step"])
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with autocast_context(device, tcfg.amp):
+                    loss, logs = objective(batch)
+                if not torch.isfinite(loss):
+                    raise RisbenchError(
+                        f"pretraining loss is {float(loss)} at step {state['step'] + 1}; lower train.lr?"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.clip_grad)
+                optimizer.step()
+                now = time.perf_counter()
+                state["train_seconds"] += now - t_last
+                window_time += now - t_last
+                t_last = now
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                window_steps += 1
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    window[k] = window.get(k, 0.0) + v
+                done = state["step"] >= tcfg.max_steps
+                if state["step"] % tcfg.log_every == 0 or done:
+                    record = {"step": state["step"], "epoch": state["epoch"]}
+                    record.update({k: round(v / window_steps, 5) for k, v in window.items()})
+                    record.update(
+                        lr=lr,
+                        samples_per_s=round(tcfg.batch_size * window_steps / max(window_time, 1e-9), 3),
+                        s_per_step=round(window_time / window_steps, 4),
+                        train_seconds=round(state["train_seconds"], 2),
+                    )
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    progress.update(state["step"], record)
+                    window, window_steps, window_time = {}, 0, 0.0
+                else:
+                    progress.update(state["step"], None)
+                if state["batch_in_epoch"] >= steps_per_epoch:
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
+                if done or state["step"] % tcfg.ckpt_every == 0:
+                    save()
+                if interrupt_after is not None and state["step"] >= interrupt_after and not done:
+                    save()
+                    return None
+                if done or state["batch_in_epoch"] == 0:
+                    break
+            else:
+                raise RuntimeError(f"empty epoch {state['epoch']} at step {state['step']}")
+    finally:
+        progress.close()
+    return _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command)
+
+
+def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command) -> Pretrained:
+    """Export the encoder and the tokenizer, then write the provenance file (last)."""
+    from risbench.data.tokenizers import save_tokenizer
+
+    files = objective.export()
+    for file_name, payload in files.items():
+        atomic_write_bytes(out_dir / file_name, lambda f, obj=payload: torch.save(obj, f))
+    tok_name = save_tokenizer(tokenizer, out_dir).name
+    curve = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    relative = {k: str(Path(v).relative_to(out_dir)) for k, v in objective.encoder_options(out_dir).items()}
+    names = [*files, tok_name, log_path.name, "config.yaml"]
+    prov = {
+        "schema": PROVENANCE_SCHEMA,
+        "name": cfg.name,
+        "hash": config_hash(resolved),
+        "command": command,
+        "config": resolved,
+        "objective": cfg.objective.name,
+        "steps": state["step"],
+        "train_seconds": round(state["train_seconds"], 2),
+        "final": {k: v for k, v in curve[-1].items() if k.startswith(("loss", "acc"))} if curve else {},
+        "loss_curve": [{k: r[k] for k in r if k not in ("lr", "samples_per_s", "s_per_step")} for r in curve],
+        "encoder_options": relative,
+        "tokenizer": tok_name,
+        "files": {n: _sha256(out_dir / n) for n in names},
+        **provenance(device, 1, cfg.seed),
+    }
+    if any(not math.isfinite(v) for v in prov["final"].values() if isinstance(v, float)):
+        raise RisbenchError("pretraining ended with a non-finite loss; nothing exported")
+    atomic_write_json(out_dir / PROVENANCE_FILE, prov)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the export holds the finished weights
+    return read_artifact(out_dir, prov["hash"])

@@ -1,0 +1,126 @@
+"""The pretraining config (`risbench pretrain CONFIG`): which encoder, on which data, with which objective
+and recipe; validated into `PretrainConfig`, resolved into a plain dict, and hashed (the cache key)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from risbench.config import find_preset, load_config, to_dataclass, to_dict
+from risbench.errors import RisbenchError
+from risbench.registry import ENCODERS, OBJECTIVES
+from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, resolve_data, resolve_model
+
+# keys that do not change what pretraining computes (left out of the hash)
+VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))
+
+
+@dataclass
+class ObjectiveConfig:
+    """`objective`: an OBJECTIVES name (null = the encoder family's own) and its options."""
+
+    name: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class PretrainRecipe:
+    """The optimisation recipe of pretraining: AdamW, warmup then decay over `max_steps` steps."""
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    clip_grad: float | None = 1.0
+    log_every: int = 20
+    ckpt_every: int = 100  # steps between checkpoints/last.pt saves (resume after an interruption)
+    amp: str | bool = "auto"  # auto = bf16 autocast on CUDA, none on CPU; bf16; off (YAML off/false too)
+    deterministic: bool = True
+    threads: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):
+            self.amp = "auto" if self.amp else "off"
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise ValueError(f"max_steps and batch_size must be >= 1, got {self.max_steps} and {self.batch_size}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.ckpt_every < 1:
+            raise ValueError("lr must be > 0, warmup_steps >= 0 and ckpt_every >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining: the encoder of `model` (its fpn and decoder are not built) on `data`'s training split."""
+
+    name: str = "pretrain"
+    model: Any = "shared-ris-tiny"
+    data: Any = "synthref"
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: PretrainRecipe = field(default_factory=PretrainRecipe)
+    seed: int = 0
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name.startswith("."):
+            raise ValueError(f"name must be letters, digits, '-', '_' or '.', got {self.name!r}")
+
+
+def load_pretrain_config(name_or_path: str) -> dict[str, Any]:
+    """The raw config of a preset in registry/pretrain/ or of a YAML file."""
+    return load_config(find_preset("pretrain", name_or_path))
+
+
+def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[str, Any]]:
+    """Validate a raw pretraining config; returns the dataclass and the resolved plain dict: the model
+    as its complete spec and the data with every default filled in, so the hash pins everything."""
+    raw = copy.deepcopy(raw)
+    raw["model"] = resolve_model(raw.get("model", PretrainConfig.model))
+    raw["data"] = resolve_data(raw.get("data", PretrainConfig.data))
+    objective = raw.get("objective")
+    if isinstance(objective, str) or objective is None:
+        objective = {"name": objective}
+    if not isinstance(objective, dict):
+        raise RisbenchError(f"pretrain config objective: expected a name or a mapping, got {objective!r}")
+    objective = dict(objective)
+    name = objective.pop("name", None)
+    options = dict(objective.pop("options", {}) or {})
+    options.update(objective)
+    raw["objective"] = {"name": name, "options": options}
+    cfg = to_dataclass(PretrainConfig, raw, "pretrain config")
+    encoder_name = cfg.model["encoder"]["name"]
+    if cfg.objective.name is None:
+        cfg.objective.name = ENCODERS.get(encoder_name).obj.pretrain_objective
+        if cfg.objective.name is None:
+            raise RisbenchError(
+                f"pretrain config: encoder '{encoder_name}' has no pretraining objective; name one under "
+                f"objective.name ({', '.join(OBJECTIVES.names())})"
+            )
+    options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
+    cfg.objective.options = to_dict(options) if options is not None else {}
+    resolved = to_dict(cfg)
+    resolved["train"]["betas"] = list(cfg.train.betas)
+    return cfg, resolved
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    """12 hex digits of sha256 over the resolved config without the VOLATILE keys."""
+    out = copy.deepcopy(resolved)
+    for path in VOLATILE:
+        node = out
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]

@@ -115,6 +115,8 @@ def test_resume_is_exact(finished_run, tmp_path):
         assert torch.equal(a[k], b[k]), k
     losses = lambda d: [json.loads(x).get("loss") for x in (d / "train_log.jsonl").read_text().splitlines()]
     assert losses(run_dir) == losses(full_dir)
+    name = "per_sentence.val.csv.gz"
+    assert (run_dir / name).read_bytes() == (full_dir / name).read_bytes()
 
 
 def test_bad_configs_fail_early(tmp_path):
@@ -176,6 +178,30 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     out = tmp_path / "overlay.png"
     assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
     assert Image.open(out).size == (30, 24)
+
+
+def test_per_sentence_file_of_the_final_evaluation(finished_run):
+    from risbench.cli.main import main
+    from risbench.train.sentences import read_per_sentence
+
+    _, run_dir, metrics = finished_run
+    path = run_dir / "per_sentence.val.csv.gz"
+    frame = read_per_sentence(path)
+    val = metrics["splits"]["val"]
+    assert frame is not None and len(frame) == val["num_sentences"]
+    assert list(frame["index"]) == list(range(len(frame)))
+    assert set(frame["threshold"]) == {0.35} and set(frame["resolution"]) == {"original"}
+    assert 100 * frame["inter"].sum() / frame["union"].sum() == pytest.approx(val["oIoU"], rel=1e-12)
+    before = path.read_bytes()
+    assert main(["eval", str(run_dir), "--max-samples", "3"]) == 0  # a partial evaluation leaves it alone
+    assert path.read_bytes() == before
+    path.unlink()
+    assert main(["eval", str(run_dir), "--max-samples", "3"]) == 0
+    assert not path.exists()
+    assert main(["eval", str(run_dir), "--threshold", "0.5"]) == 0  # other settings: not the run's file
+    assert not path.exists()
+    assert main(["eval", str(run_dir)]) == 0  # a full evaluation with the run's settings adds it back
+    assert path.read_bytes() == before
 
 
 def test_cli_curve_lists_every_validation(finished_run, tmp_path, capsys):

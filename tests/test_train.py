@@ -204,6 +204,27 @@ def test_per_sentence_file_of_the_final_evaluation(finished_run):
     assert path.read_bytes() == before
 
 
+def test_table_of_real_runs_has_the_statistics(finished_run, tmp_path, capsys):
+    """`risbench table` over two copies of the real run: the Δ columns come from its per-sentence file
+    (identical rows: a difference of exactly 0, not marked)."""
+    import shutil
+
+    from risbench.cli.main import main
+
+    _, run_dir, metrics = finished_run
+    for name in ("base-s3-aaaaaa", "copy-s3-bbbbbb"):
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        for f in ("config.yaml", "metrics.json", "per_sentence.val.csv.gz"):
+            shutil.copy(run_dir / f, tmp_path / "exp" / name / f)
+    assert main(["table", str(tmp_path / "exp"), "--reference", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "| Δ oIoU | Δ mIoU |" in out.splitlines()[0]
+    copy = next(line for line in out.splitlines() if line.startswith("| copy "))
+    assert copy.endswith("| +0.00 [0.00, 0.00] | +0.00 [0.00, 0.00] |")
+    assert f"{metrics['splits']['val']['oIoU']:.2f}" in copy
+    assert "paired bootstrap over 12 sentences and 1 seed, 2000 replicates" in out
+
+
 def test_cli_curve_lists_every_validation(finished_run, tmp_path, capsys):
     from risbench.cli.main import main
 

@@ -132,6 +132,24 @@ def test_missing_or_stale_per_sentence_files_explain_the_cell(tmp_path: Path) ->
     assert "no per-sentence results" in export.render(t, "csv")
 
 
+def test_other_sentences_or_settings_are_not_compared(tmp_path: Path) -> None:
+    exp = write_runs(tmp_path)
+    for seed in SEEDS:  # the reference evaluated at another threshold: not a paired comparison
+        run = next(exp.glob(f"shared-s{seed}-*"))
+        write_per_sentence(run, "val", sentences("shared", seed), 0.5, "original")
+    text = export.render(tables.table_for_dir(exp), "markdown")
+    assert row(text, "better")[4] == "other sentences or settings than shared"
+    exp = write_runs(tmp_path / "fewer")
+    for seed in SEEDS:  # the variant evaluated on fewer sentences
+        run = next(exp.glob(f"noise-s{seed}-*"))
+        results = sentences("noise", seed)[:150]
+        split = {"split": "val", **compute_metrics(results)}
+        (run / "metrics.json").write_text(json.dumps({"splits": {"val": split}}))
+        write_per_sentence(run, "val", results, 0.35, "original")
+    text = export.render(tables.table_for_dir(exp), "markdown")
+    assert row(text, "noise")[4] == "other sentences or settings than shared" and "[" in row(text, "better")[4]
+
+
 def test_reference_option_and_bootstrap_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exp = write_runs(tmp_path, table={"reference": "noise", "delta": ["p50"]})
     t = tables.table_for_dir(exp)

@@ -16,8 +16,9 @@ An experiment file (YAML)::
     seeds: [0, 1, 2]
     table: {mirrors: IV, rows: {none: none, cris: cris}, columns: [params, gflops, oiou, miou], split: val}
     # table.reference: the row every other row is compared with (default: the LAST run listed, which in
-    # every shipped file is the proposed Shared-RIS variant); table.delta: the accuracy columns that get
-    # a Δ column in Markdown / LaTeX (default [oiou, miou]; the CSV has the differences of all of them)
+    # every shipped file is the proposed Shared-RIS variant; with a grid, the last expanded name);
+    # table.delta: the accuracy columns that get a Δ column in Markdown / LaTeX (default [oiou, miou];
+    # the CSV has the differences of all of them)
 
 Dotted keys whose first part is `encoder`, `fpn` or `decoder` are under `model`. Setting a component's
 `name` to a new one drops the old component's options (they belong to the old component).

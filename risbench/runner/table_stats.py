@@ -129,6 +129,8 @@ def compute_stats(
             out.note[variant] = f"no seed in common with {reference}"
         elif not _same_sentences([usable[s] for s in common] + [ref_runs[s] for s in common]):
             out.note[variant] = f"other sentences or settings than {reference}"
+        elif len(ref_runs[common[0]][0]) == 0:
+            out.note[variant] = "no evaluated sentences"
         if variant in out.note:
             continue
         result = stats.paired_bootstrap(

@@ -33,7 +33,7 @@ def sentences(variant: str, seed: int) -> list[SentenceResult]:
     if variant == "better":
         inter = np.minimum(inter + 8, union)
     return [
-        SentenceResult(i, f"r{i // 2}", True, int(a), int(u), int(u), int(u), 4000)
+        SentenceResult(i, f"r{i // 2}", True, int(a), int(u), int(u), int(u), 4000, sent_id=5 * i)
         for i, (a, u) in enumerate(zip(inter, union, strict=True))
     ]
 
@@ -148,6 +148,13 @@ def test_other_sentences_or_settings_are_not_compared(tmp_path: Path) -> None:
         write_per_sentence(run, "val", results, 0.35, "original")
     text = export.render(tables.table_for_dir(exp), "markdown")
     assert row(text, "noise")[4] == "other sentences or settings than shared" and "[" in row(text, "better")[4]
+    exp = write_runs(tmp_path / "ids")
+    run = next(exp.glob("better-s1-*"))  # one seed of the variant scored other sentences (same counts)
+    results = sentences("better", 1)
+    for r in results:
+        r.sent_id += 1
+    write_per_sentence(run, "val", results, 0.35, "original")
+    assert row(export.render(tables.table_for_dir(exp), "markdown"), "better")[4].startswith("other sentences")
 
 
 def test_reference_option_and_bootstrap_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -190,6 +190,7 @@ def test_per_sentence_file_of_the_final_evaluation(finished_run):
     val = metrics["splits"]["val"]
     assert frame is not None and len(frame) == val["num_sentences"]
     assert list(frame["index"]) == list(range(len(frame)))
+    assert frame["sent_id"].notna().all() and frame["sent_id"].is_unique
     assert set(frame["threshold"]) == {0.35} and set(frame["resolution"]) == {"original"}
     assert 100 * frame["inter"].sum() / frame["union"].sum() == pytest.approx(val["oIoU"], rel=1e-12)
     before = path.read_bytes()

@@ -52,19 +52,30 @@ def resolve_reference(spec: dict[str, Any], variants: list[str], override: str |
     return str(name)
 
 
-def _sentences(run_dir: str | Path, split: str) -> tuple[stats.Sentences | None, tuple, str]:
-    """(counts, (threshold, resolution), reason) of one run's per-sentence file for `split`."""
+@dataclass
+class RunSentences:
+    """One run's per-sentence file: its counts (None when missing), the setting it was evaluated at,
+    the sentence ids (as text; empty when the file has none) and why the counts are missing."""
+
+    counts: stats.Sentences | None
+    setting: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _sentences(run_dir: str | Path, split: str) -> RunSentences:
     from risbench.train.sentences import per_sentence_path, read_per_sentence
 
     frame = read_per_sentence(per_sentence_path(run_dir, split))
     if frame is None:
-        return None, (), "no per-sentence results"
+        return RunSentences(None, reason="no per-sentence results")
     setting = tuple(str(frame[c].iloc[0]) if c in frame and len(frame) else "" for c in ("threshold", "resolution"))
+    ids = tuple(frame["sent_id"].astype(str)) if "sent_id" in frame else ()
     counts = stats.Sentences(
         frame["index"].to_numpy(int), frame["exists"].to_numpy(bool), frame["inter"].to_numpy(int),
         frame["union"].to_numpy(int),
     )  # fmt: skip
-    return counts, setting, ""
+    return RunSentences(counts, setting, ids)
 
 
 def _check_against_metrics(s: stats.Sentences, reported: dict[str, float]) -> bool:
@@ -99,42 +110,40 @@ def compute_stats(
     if not acc or reference is None:
         return out
     split = spec.get("split", "val")
-    runs: dict[str, dict[int, tuple[stats.Sentences | None, tuple, str]]] = {}
+    runs: dict[str, dict[int, RunSentences]] = {}
     accuracy_rows = selected[selected["metric"].isin(acc) & (selected["split"] == split)]
     for (variant, seed), rows in accuracy_rows.groupby(["variant", "seed"]):
         run_dir = rows["run_dir"].iloc[0] if "run_dir" in rows else None
-        if run_dir is None:
-            runs.setdefault(variant, {})[int(seed)] = (None, (), "no per-sentence results")
-            continue
-        counts, setting, reason = _sentences(run_dir, split)
-        if counts is not None and not _check_against_metrics(
-            counts, dict(zip(rows["metric"], rows["value"], strict=True))
-        ):
-            counts, reason = None, "per-sentence file does not match metrics.json"
-        runs.setdefault(variant, {})[int(seed)] = (counts, setting, reason)
-    ref_runs = {s: r for s, r in runs.get(reference, {}).items() if r[0] is not None}
+        found = (
+            _sentences(run_dir, split) if run_dir is not None else RunSentences(None, reason="no per-sentence results")
+        )
+        reported = dict(zip(rows["metric"], rows["value"], strict=True))
+        if found.counts is not None and not _check_against_metrics(found.counts, reported):
+            found = RunSentences(None, reason="per-sentence file does not match metrics.json")
+        runs.setdefault(variant, {})[int(seed)] = found
+    ref_runs = {s: r for s, r in runs.get(reference, {}).items() if r.counts is not None}
     for variant in variants:
         if variant == reference:
             continue
         mine = runs.get(variant, {})
-        usable = {s: r for s, r in mine.items() if r[0] is not None}
+        usable = {s: r for s, r in mine.items() if r.counts is not None}
         common = sorted(set(usable) & set(ref_runs))
         if not mine:
             out.note[variant] = "no runs"
         elif not usable:
-            out.note[variant] = next(iter(mine.values()))[2]
+            out.note[variant] = next(iter(mine.values())).reason
         elif not ref_runs:
             out.note[variant] = f"no per-sentence results for {reference}"
         elif not common:
             out.note[variant] = f"no seed in common with {reference}"
-        elif not _same_sentences([usable[s] for s in common] + [ref_runs[s] for s in common]):
+        elif not _same_sentences([(usable[s], ref_runs[s]) for s in common]):
             out.note[variant] = f"other sentences or settings than {reference}"
-        elif len(ref_runs[common[0]][0]) == 0:
+        elif len(ref_runs[common[0]].counts) == 0:
             out.note[variant] = "no evaluated sentences"
         if variant in out.note:
             continue
         result = stats.paired_bootstrap(
-            [usable[s][0] for s in common], [ref_runs[s][0] for s in common], acc, replicates=replicates
+            [usable[s].counts for s in common], [ref_runs[s].counts for s in common], acc, replicates=replicates
         )
         for m, d in result.items():
             out.diff.loc[variant, m] = d.diff
@@ -142,18 +151,23 @@ def compute_stats(
             out.diff_high.loc[variant, m] = math.nan if d.high is None else d.high
             out.separable.loc[variant, m] = d.separable
         out.diff_seeds[variant] = len(common)
-        out.sentences[variant] = len(ref_runs[common[0]][0])
+        out.sentences[variant] = len(ref_runs[common[0]].counts)
     return out
 
 
-def _same_sentences(items: list[tuple[stats.Sentences | None, tuple, str]]) -> bool:
-    """Every run evaluated the same sentences (index, exists) at the same threshold and resolution."""
-    first, setting, _ = items[0]
-    assert first is not None
-    for s, other_setting, _ in items[1:]:
-        assert s is not None
-        if other_setting != setting or len(s) != len(first):
+def _same_sentences(pairs: list[tuple[RunSentences, RunSentences]]) -> bool:
+    """Each (variant, reference) pair of one seed evaluated the same sentences (index, exists, sentence ids
+    where the files have them) at the same threshold and resolution, and every run has as many sentences
+    (the bootstrap draws the same sentence indices for every seed)."""
+    sizes = set()
+    for mine, ref in pairs:
+        a, b = mine.counts, ref.counts
+        assert a is not None and b is not None
+        sizes |= {len(a), len(b)}
+        if mine.setting != ref.setting or len(a) != len(b):
             return False
-        if not (np.array_equal(s.index, first.index) and np.array_equal(s.exists, first.exists)):
+        if not (np.array_equal(a.index, b.index) and np.array_equal(a.exists, b.exists)):
             return False
-    return True
+        if mine.ids and ref.ids and mine.ids != ref.ids:
+            return False
+    return len(sizes) == 1

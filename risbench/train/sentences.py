@@ -2,9 +2,10 @@
 
 One row per evaluated sentence of the run's final evaluation, in dataset order, columns::
 
-    index,ref_id,exists,inter,union,iou,threshold,resolution
+    index,sent_id,ref_id,exists,inter,union,iou,threshold,resolution
 
-`index` is the sentence's position in the evaluated split, `inter` / `union` the pixel counts at the
+`index` is the sentence's position in the evaluated split, `sent_id` / `ref_id` the dataset's ids,
+`exists` 1 for a sentence that refers to something (0: a negative), `inter` / `union` the pixel counts at the
 evaluation resolution (integers, so every metric can be recomputed exactly), `iou` = inter / union in
 percent rounded to 4 decimals (for reading; recomputations use the counts), `threshold` / `resolution`
 what the counts were computed at (the same on every row). gzip with mtime 0, so equal results give
@@ -21,7 +22,7 @@ import pandas as pd
 
 from risbench.train.metrics import SentenceResult
 
-COLUMNS = ("index", "ref_id", "exists", "inter", "union", "iou", "threshold", "resolution")
+COLUMNS = ("index", "sent_id", "ref_id", "exists", "inter", "union", "iou", "threshold", "resolution")
 
 
 def per_sentence_path(run_dir: str | Path, split: str) -> Path:
@@ -35,6 +36,7 @@ def sentence_frame(results: list[SentenceResult], threshold: float, resolution: 
     return pd.DataFrame(
         {
             "index": [r.index for r in results],
+            "sent_id": [r.sent_id for r in results],
             "ref_id": [r.ref_id for r in results],
             "exists": [int(r.exists) for r in results],
             "inter": [r.inter for r in results],

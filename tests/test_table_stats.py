@@ -206,3 +206,24 @@ def test_shipped_reference_is_the_proposed_model(path: Path, tmp_path: Path) -> 
     base_model = load_experiment(tmp_path / path.name).runs[0].config["model"]
     unchanged = {r.variant for r in exp.runs if r.config["model"] == base_model}
     assert unchanged == {reference}
+
+
+def test_latex_with_statistics_is_plain_ascii_and_rectangular(tmp_path: Path) -> None:
+    """pdflatex (with inputenc utf8) is not everywhere: at least every non-ASCII character must be escaped
+    and every row must have as many cells as the header."""
+    text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
+    assert text.isascii(), [c for c in text if not c.isascii()]
+    rows = [line for line in text.splitlines() if line.endswith("\\\\")]
+    assert len(rows) == 4 and len({line.count("&") for line in rows}) == 1
+    assert "$\\Delta$ oIoU" in rows[0] and "]*" in rows[2] and rows[3].endswith("& ref & ref \\\\")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_with_statistics_compiles(tmp_path: Path) -> None:
+    import subprocess
+
+    tex = tmp_path / "table.tex"
+    tex.write_text(export.render(tables.table_for_dir(write_runs(tmp_path)), "latex"))
+    script = PROJECT_ROOT / "scripts" / "check_latex.sh"
+    result = subprocess.run(["bash", str(script), str(tex)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

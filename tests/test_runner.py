@@ -145,6 +145,8 @@ BROKEN = {
     "duplicate run names": ({"runs": [{"name": "a"}, {"name": "a"}]}, "'a'"),
     "unknown table column": ({"table": {"columns": ["oiou", "ciou2"]}}, "ciou2"),
     "table row naming no run": ({"table": {"rows": {"shraed": "shared"}}}, "shraed"),
+    "unknown table reference": ({"table": {"reference": "shraed"}}, "did you mean 'shared'"),
+    "unknown delta column": ({"table": {"delta": ["params"]}}, "delta"),
     "bad train option": ({"base": {**experiment()["base"], "train": {"epochz": 1}}}, "epochz"),
 }
 

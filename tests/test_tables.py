@@ -82,7 +82,9 @@ def test_pivot_mean_std_and_paper_columns(tmp_path: Path) -> None:
     assert t.best()["oiou"] == ({"cris"}, {"shared"})
     assert t.best()["miou"] == ({"shared"}, {"cris"})
     assert (
-        "split val" in t.caption and "mean ± std over 3 seeds" in t.caption and "1 multiply-add = 1 FLOP" in t.caption
+        "split val" in t.caption
+        and "mean ± 95% t-interval half-width over 3 seeds" in t.caption
+        and "1 multiply-add = 1 FLOP" in t.caption
     )
 
 
@@ -99,17 +101,17 @@ def test_csv_plain_numbers(tmp_path: Path) -> None:
 def test_markdown_bold_and_underline(tmp_path: Path) -> None:
     text = export.render(tables.table_for_dir(write_runs(tmp_path)), "markdown")
     cris = next(line for line in text.splitlines() if line.startswith("| cris "))
-    assert "**70.00 ± 0.00**" in cris  # best oIoU
+    assert "**70.00±0.00**" in cris  # best oIoU (± the t-interval half-width: std 0)
     assert "| 23 | 19 | 66.91 | 68.37 |" in cris  # the paper's numbers as printed there
-    assert "<u>73.00 ± 2.00</u>" in cris  # second mIoU
+    assert "<u>73.00±4.97</u>" in cris  # second mIoU: std 2 over 3 seeds, 4.303 * 2 / sqrt(3) = 4.97
     assert "paper oIoU" in text.splitlines()[0]
 
 
 def test_latex_booktabs_bold_underline(tmp_path: Path) -> None:
     text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
     assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
-    assert "\\textbf{70.00 $\\pm$ 0.00}" in text
-    assert "\\underline{73.00 $\\pm$ 2.00}" in text
+    assert "\\textbf{70.00$\\pm$0.00}" in text
+    assert "\\underline{73.00$\\pm$4.97}" in text
     assert "paper oIoU" in text and "\\caption{" in text
 
 

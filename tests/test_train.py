@@ -115,6 +115,8 @@ def test_resume_is_exact(finished_run, tmp_path):
         assert torch.equal(a[k], b[k]), k
     losses = lambda d: [json.loads(x).get("loss") for x in (d / "train_log.jsonl").read_text().splitlines()]
     assert losses(run_dir) == losses(full_dir)
+    name = "per_sentence.val.csv.gz"
+    assert (run_dir / name).read_bytes() == (full_dir / name).read_bytes()
 
 
 def test_bad_configs_fail_early(tmp_path):
@@ -176,6 +178,52 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     out = tmp_path / "overlay.png"
     assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
     assert Image.open(out).size == (30, 24)
+
+
+def test_per_sentence_file_of_the_final_evaluation(finished_run):
+    from risbench.cli.main import main
+    from risbench.train.sentences import read_per_sentence
+
+    _, run_dir, metrics = finished_run
+    path = run_dir / "per_sentence.val.csv.gz"
+    frame = read_per_sentence(path)
+    val = metrics["splits"]["val"]
+    assert frame is not None and len(frame) == val["num_sentences"]
+    assert list(frame["index"]) == list(range(len(frame)))
+    assert frame["sent_id"].notna().all() and frame["sent_id"].is_unique
+    assert set(frame["threshold"]) == {0.35} and set(frame["resolution"]) == {"original"}
+    assert 100 * frame["inter"].sum() / frame["union"].sum() == pytest.approx(val["oIoU"], rel=1e-12)
+    before = path.read_bytes()
+    assert main(["eval", str(run_dir), "--max-samples", "3"]) == 0  # a partial evaluation leaves it alone
+    assert path.read_bytes() == before
+    path.unlink()
+    assert main(["eval", str(run_dir), "--max-samples", "3"]) == 0
+    assert not path.exists()
+    assert main(["eval", str(run_dir), "--threshold", "0.5"]) == 0  # other settings: not the run's file
+    assert not path.exists()
+    assert main(["eval", str(run_dir)]) == 0  # a full evaluation with the run's settings adds it back
+    assert path.read_bytes() == before
+
+
+def test_table_of_real_runs_has_the_statistics(finished_run, tmp_path, capsys):
+    """`risbench table` over two copies of the real run: the Δ columns come from its per-sentence file
+    (identical rows: a difference of exactly 0, not marked)."""
+    import shutil
+
+    from risbench.cli.main import main
+
+    _, run_dir, metrics = finished_run
+    for name in ("base-s3-aaaaaa", "copy-s3-bbbbbb"):
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        for f in ("config.yaml", "metrics.json", "per_sentence.val.csv.gz"):
+            shutil.copy(run_dir / f, tmp_path / "exp" / name / f)
+    assert main(["table", str(tmp_path / "exp"), "--reference", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "| Δ oIoU | Δ mIoU |" in out.splitlines()[0]
+    copy = next(line for line in out.splitlines() if line.startswith("| copy "))
+    assert copy.endswith("| +0.00 [0.00, 0.00] | +0.00 [0.00, 0.00] |")
+    assert f"{metrics['splits']['val']['oIoU']:.2f}" in copy
+    assert "paired bootstrap over 12 sentences and 1 seed, 2000 replicates" in out
 
 
 def test_cli_curve_lists_every_validation(finished_run, tmp_path, capsys):

@@ -13,13 +13,25 @@ def register(app: typer.Typer) -> None:
         runs_dir: Path = typer.Argument(..., help="an experiment's run folder, e.g. runs/fpn_ablation"),
         fmt: str = typer.Option("markdown", "--format", help="csv | markdown | latex"),
         out: Path = typer.Option(None, "--out", help="write here (atomically) instead of stdout"),
+        reference: str = typer.Option(
+            None,
+            "--reference",
+            help="the row the others are compared with (default: table.reference, else the last run)",
+        ),
+        bootstrap: int = typer.Option(
+            2000, "--bootstrap", help="bootstrap replicates of the differences (0: differences without interval)"
+        ),
     ) -> None:
-        """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout (mean ± std over seeds)."""
+        """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout: mean ± 95% t-interval
+        over seeds, and each row's difference from the reference row (paired bootstrap 95% CI)."""
+        from risbench.errors import RisbenchError
         from risbench.runner.export import render
         from risbench.runner.tables import table_for_dir
         from risbench.train.checkpoint import atomic_write_text
 
-        text = render(table_for_dir(runs_dir), fmt)
+        if bootstrap < 0:
+            raise RisbenchError(f"--bootstrap must be >= 0, got {bootstrap}")
+        text = render(table_for_dir(runs_dir, reference=reference, replicates=bootstrap), fmt)
         if out is None:
             print(text, end="" if text.endswith("\n") else "\n")
         else:

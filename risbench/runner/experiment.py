@@ -16,6 +16,10 @@ An experiment file (YAML)::
     grid: {decoder.num_layers: [1, 2]}   # optional cartesian product (on top of each run)
     seeds: [0, 1, 2]
     table: {mirrors: IV, rows: {none: none, cris: cris}, columns: [params, gflops, oiou, miou], split: val}
+    # table.reference: the row every other row is compared with (default: the LAST run listed, which in
+    # every shipped file is the proposed Shared-RIS variant; with a grid, the last expanded name);
+    # table.delta: the accuracy columns that get a Δ column in Markdown / LaTeX (default [oiou, miou];
+    # the CSV has the differences of all of them)
 
 Dotted keys whose first part is `encoder`, `fpn` or `decoder` are under `model`. Setting a component's
 `name` to a new one drops the old component's options (they belong to the old component).
@@ -62,12 +66,20 @@ class TableSpec:
     split: str = "val"
     cost: str = "total"  # which part Params/GFLOPs count: total, encoder, fpn, decoder
     caption: str | None = None  # first sentence of the caption (the rest is generated)
+    reference: str | None = None  # run compared with every other row (default: the last run listed)
+    delta: list[str] = field(default_factory=lambda: ["oiou", "miou"])  # Δ columns in Markdown / LaTeX
 
     def __post_init__(self) -> None:
         # ValueError: to_dataclass prefixes it with the file and the key
         for col in self.columns:
             if col not in COLUMNS:
                 raise ValueError("columns: " + unknown_name_message("column", col, COLUMNS))
+        accuracy = [c for c in COLUMNS if c not in ("params", "gflops")]
+        for col in self.delta:
+            if col not in accuracy:
+                raise ValueError("delta: " + unknown_name_message("accuracy column", col, accuracy))
+        if self.reference is not None:
+            self.reference = str(self.reference)  # YAML reads a run named 1 as a number
         if self.cost not in COST_PARTS:
             raise ValueError("cost: " + unknown_name_message("cost part", self.cost, COST_PARTS))
 
@@ -272,6 +284,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         for key in table.rows:
             if key not in names:
                 raise UnknownNameError(f"{where}.table.rows: " + unknown_name_message("run", key, names))
+    if table.reference is not None and table.reference not in names:
+        raise UnknownNameError(f"{where}.table.reference: " + unknown_name_message("run", table.reference, names))
     return Experiment(
         name=exp.name,
         path=path,

@@ -1,6 +1,8 @@
-"""Export a TableData: CSV (plain numbers, mean and std columns), Markdown and LaTeX (pandas Styler,
-booktabs; best in bold, second underlined) and the caption. Files are written with
-risbench.train.checkpoint.atomic_write_text (temporary file + rename)."""
+"""Export a TableData: CSV (plain numbers: per column mean, std, n, t-interval, difference from the
+reference row with its bootstrap interval, separable), Markdown and LaTeX (mean ± t-interval half-width,
+a Δ column per shown accuracy metric; pandas Styler, booktabs; best mean in bold, second underlined)
+and the caption. Files are written with risbench.train.checkpoint.atomic_write_text (temporary file +
+rename)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pandas as pd
 import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
+from risbench.runner.table_stats import TableStats
 from risbench.runner.tables import COST, DECIMALS, LABELS, TableData, read_json
 
 FORMATS = ("csv", "markdown", "latex")
@@ -33,50 +36,106 @@ def fmt_paper(value: float, col: str) -> str:
 
 
 def _cell(t: TableData, variant: str, col: str, pm: str) -> str:
-    mean = t.mean.loc[variant, col]
-    text = fmt_value(mean, col)
-    std = t.std.loc[variant, col]
-    if text and col not in COST and t.n.get(variant, 0) > 1 and not math.isnan(std):
-        text += f"{pm}{fmt_value(std, col)}"
+    """The mean, with ± the 95% t-interval half-width where there is one (two seeds or more)."""
+    text = fmt_value(t.mean.loc[variant, col], col)
+    if text and col not in COST and t.stats is not None:
+        half = t.stats.half_width(variant, col)
+        if not math.isnan(half):
+            text += f"{pm}{fmt_value(half, col)}"
     return text
 
 
+def _signed(x: float) -> str:
+    x = round(x, 2) + 0.0  # no "-0.00"
+    return f"{x:+.2f}"
+
+
+def delta_cell(t: TableData, variant: str, col: str) -> str:
+    """'+1.23 [0.40, 2.05]*' (variant − reference, bootstrap 95% CI, * when it excludes 0); 'ref' on the
+    reference row; the reason where the difference cannot be computed."""
+    st = t.stats
+    if st is None or st.reference is None:
+        return ""
+    if variant == st.reference:
+        return "ref"
+    if variant in st.note:
+        return st.note[variant]
+    d, lo, hi = st.diff.loc[variant, col], st.diff_low.loc[variant, col], st.diff_high.loc[variant, col]
+    if math.isnan(d):
+        return ""
+    if math.isnan(lo):
+        return _signed(d)
+    return f"{_signed(d)} [{lo + 0.0:.2f}, {hi + 0.0:.2f}]" + ("*" if st.separable.loc[variant, col] else "")
+
+
+def _num(x: float) -> Any:
+    return "" if x is None or math.isnan(x) else round(float(x), 4)
+
+
 def to_csv(t: TableData) -> str:
-    """Plain numbers: variant, paper variant, seeds, <col>_mean, <col>_std, paper_<col>."""
+    """Plain numbers: variant, paper variant, seeds; per column <col>_mean, _std, _n, _ci_low, _ci_high
+    (95% t-interval over seeds), _diff, _diff_ci_low, _diff_ci_high (variant − reference, paired bootstrap
+    95% CI), _separable (true / false; empty where there is no interval); then reference (true on the
+    reference row), diff_seeds, diff_sentences, diff_note (why the differences are missing), paper_<col>."""
+    st = t.stats
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["variant", "paper_variant", "seeds"]
+    parts = ("mean", "std", "n", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "separable")
     for col in t.columns:
-        header += [f"{col}_mean", f"{col}_std"]
+        header += [f"{col}_{p}" for p in parts]
+    header += ["reference", "diff_seeds", "diff_sentences", "diff_note"]
     header += [f"paper_{c}" for c in t.paper.columns]
     writer.writerow(header)
     for v in t.mean.index:
         row: list[Any] = [v, t.paper_variant.get(v, ""), int(t.n.get(v, 0))]
         for col in t.columns:
-            m, s = t.mean.loc[v, col], t.std.loc[v, col]
-            row += ["" if math.isnan(m) else round(m, 4), "" if math.isnan(s) else round(s, 4)]
+            n = int(t.count.loc[v, col]) if t.count is not None else int(t.n.get(v, 0))
+            row += [_num(t.mean.loc[v, col]), _num(t.std.loc[v, col]), n]
+            row += [_num(st.ci_low.loc[v, col]), _num(st.ci_high.loc[v, col])] if st else ["", ""]
+            if st is not None and col in st.diff.columns and v != st.reference:
+                lo = st.diff_low.loc[v, col]
+                sep = "" if math.isnan(lo) else str(bool(st.separable.loc[v, col])).lower()
+                row += [_num(st.diff.loc[v, col]), _num(lo), _num(st.diff_high.loc[v, col]), sep]
+            else:
+                row += ["", "", "", ""]
+        is_ref = st is not None and v == st.reference
+        row += [str(is_ref).lower(), st.diff_seeds.get(v, "") if st else "", st.sentences.get(v, "") if st else ""]
+        row += [st.note.get(v, "") if st else ""]
         row += ["" if math.isnan(t.paper.loc[v, c]) else t.paper.loc[v, c] for c in t.paper.columns]
         writer.writerow(row)
     return buf.getvalue()
 
 
+def _layout(t: TableData) -> list[tuple[str, str, str]]:
+    """(label, kind, column) of each displayed column: ours (means), delta, then paper."""
+    out = [(LABELS[c], "ours", c) for c in t.columns]
+    out += [(f"Δ {LABELS[c]}", "delta", c) for c in (t.stats.delta_columns if t.stats and t.stats.reference else [])]
+    return out + [(f"paper {LABELS[c]}", "paper", c) for c in t.paper.columns]
+
+
 def _display_frame(t: TableData, pm: str, dash: str) -> pd.DataFrame:
-    data = {LABELS[c]: [(_cell(t, v, c, pm) or dash) for v in t.mean.index] for c in t.columns}
-    for c in t.paper.columns:
-        data[f"paper {LABELS[c]}"] = [(fmt_paper(t.paper.loc[v, c], c) or dash) for v in t.mean.index]
+    data = {}
+    for label, kind, c in _layout(t):
+        if kind == "ours":
+            data[label] = [(_cell(t, v, c, pm) or dash) for v in t.mean.index]
+        elif kind == "delta":
+            data[label] = [(delta_cell(t, v, c) or dash) for v in t.mean.index]
+        else:
+            data[label] = [(fmt_paper(t.paper.loc[v, c], c) or dash) for v in t.mean.index]
     return pd.DataFrame(data, index=pd.Index(list(t.mean.index), name="variant"))
 
 
 def to_markdown(t: TableData) -> str:
     """A GitHub Markdown table; best in bold, second underlined; the caption below."""
-    frame = _display_frame(t, " ± ", "–")
+    frame = _display_frame(t, "±", "–")
     best = t.best()
     lines = ["| variant | " + " | ".join(frame.columns) + " |", "|---|" + "---:|" * len(frame.columns)]
     for v in frame.index:
         cells = []
-        for col_label, col in zip(frame.columns, [*t.columns, *t.paper.columns], strict=True):
+        for col_label, (_, kind, col) in zip(frame.columns, _layout(t), strict=True):
             text = frame.loc[v, col_label]
-            if not col_label.startswith("paper ") and col in best:
+            if kind == "ours" and col in best:
                 first, second = best[col]
                 text = f"**{text}**" if v in first else f"<u>{text}</u>" if v in second else text
             cells.append(text)
@@ -101,6 +160,7 @@ _LATEX_SPECIAL = {
     "±": r"$\pm$",
     "×": r"$\times$",
     "–": "--",
+    "Δ": r"$\Delta$",
 }
 
 
@@ -110,7 +170,7 @@ def latex_escape(text: str) -> str:
 
 def to_latex(t: TableData) -> str:
     """LaTeX through pandas' Styler: booktabs rules (hrules), best in bold, second underlined."""
-    frame = _display_frame(t, " ± ", "–")
+    frame = _display_frame(t, "±", "–")
     frame = frame.map(latex_escape)
     frame.index = [latex_escape(v) for v in frame.index]
     frame.columns = [latex_escape(c) for c in frame.columns]
@@ -137,9 +197,33 @@ def render(t: TableData, fmt: str) -> str:
     return {"csv": to_csv, "markdown": to_markdown, "latex": to_latex}[fmt](t)
 
 
-def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None = None) -> str:
-    """One caption line: split, threshold, resolution, input size, weights, seeds and the FLOP convention,
-    read from the runs' own files (config.yaml, metrics.json provenance, flops.json)."""
+def delta_caption(st: TableStats) -> str:
+    """How the Δ column was computed, with the real numbers of sentences, seeds and replicates."""
+
+    def span(values: list[int]) -> str:
+        return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
+
+    done = [v for v in st.diff_seeds]
+    if not done:
+        reasons = sorted(set(st.note.values())) or ["no other variant"]
+        return f"Δ vs {st.reference}: not computed ({'; '.join(reasons)})"
+    sentences = span([st.sentences[v] for v in done])
+    seeds = span([st.diff_seeds[v] for v in done])
+    seed_word = "seed" if seeds == "1" else "seeds"
+    if st.replicates <= 0:
+        return f"Δ vs {st.reference}: mean over {seeds} paired {seed_word}, no interval (bootstrap off)"
+    return (
+        f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
+        f"{st.replicates} replicates, percentile 95% CI; * = CI excludes 0"
+    )
+
+
+def caption_for(
+    meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None = None, stats: TableStats | None = None
+) -> str:
+    """One caption line: split, threshold, resolution, input size, weights, seeds, how the intervals
+    were computed (`stats`) and the FLOP convention, read from the runs' own files (config.yaml,
+    metrics.json provenance, flops.json)."""
     spec = meta.get("table") or {}
     split = spec.get("split", "val")
     cost = spec.get("cost", "total")
@@ -189,9 +273,12 @@ def caption_for(meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None 
     if accuracy:
         parts.append(f"weights: {one(weights, 'random')}")
         if len(seeds) > 1:
-            parts.append(f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+            text = f"mean ± 95% t-interval half-width over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+            parts.append(text + "; a cell without ± has one seed")
         else:
-            parts.append(f"seed {one(set(seeds), '0')}")
+            parts.append(f"seed {one(set(seeds), '0')} (one seed: no interval over seeds)")
+        if stats is not None and stats.reference is not None and len(stats.diff.columns):
+            parts.append(delta_caption(stats))
     scope = "whole model" if cost == "total" else f"{cost} only"
     flop_text = f"Params/GFLOPs: {scope}, fvcore count (1 multiply-add = 1 FLOP)"
     if text_lens:

@@ -2,7 +2,9 @@
 
 collect(runs_dir)  -> tidy DataFrame, one row per run x split x metric (metrics.json and flops.json)
 build_table(...)   -> TableData: rows = variants in the experiment's order, columns Params, GFLOPs, P@X,
-                      oIoU, mIoU as mean and std over seeds, the paper's numbers beside them
+                      oIoU, mIoU as mean and std over seeds, the paper's numbers beside them, and the
+                      statistics (risbench.runner.table_stats): t-intervals over seeds, differences from
+                      the reference row with paired bootstrap intervals
 Exports (CSV, Markdown, LaTeX) and the caption live in risbench.runner.export.
 """
 
@@ -20,6 +22,8 @@ import yaml
 
 from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
+from risbench.runner.stats import DEFAULT_REPLICATES
+from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
 
 COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
 LABELS = {
@@ -123,7 +127,7 @@ def _run_meta(run_dir: Path) -> dict[str, Any] | None:
 
 def collect(runs_dir: str | Path) -> pd.DataFrame:
     """One tidy row per run x split x metric for every run directory under `runs_dir` (any depth).
-    Columns: experiment, run_id, variant, seed, index, split, metric, value, mtime."""
+    Columns: experiment, run_id, variant, seed, index, split, metric, value, mtime, run_dir."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise RisbenchError(f"runs directory not found: {runs_dir}")
@@ -137,6 +141,7 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
             "variant": str(meta.get("variant", run_dir.name)),
             "seed": int(meta.get("seed", 0)),
             "index": int(meta.get("index", 10_000)),
+            "run_dir": str(run_dir),
         }
         metrics_path = run_dir / "metrics.json"
         metrics = read_json(metrics_path) if metrics_path.is_file() else None
@@ -151,7 +156,7 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
             mtime = flops_path.stat().st_mtime
             for metric, value in _flops_values(flops).items():
                 rows.append({**base, "split": "", "metric": metric, "value": value, "mtime": mtime})
-    cols = ["experiment", "run_id", "variant", "seed", "index", "split", "metric", "value", "mtime"]
+    cols = ["experiment", "run_id", "variant", "seed", "index", "split", "metric", "value", "mtime", "run_dir"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -170,6 +175,8 @@ class TableData:
     paper_variant: dict[str, str] = field(default_factory=dict)
     caption: str = ""
     label: str = ""
+    stats: TableStats | None = None  # intervals and differences from the reference row
+    count: pd.DataFrame | None = None  # seeds with a value, per variant x column
 
     def best(self) -> dict[str, tuple[set[str], set[str]]]:
         """Per ranked column: (variants with the best value, variants with the second best), at display
@@ -206,9 +213,13 @@ def build_table(
     tidy: pd.DataFrame,
     meta: dict[str, Any] | None = None,
     run_ids: list[str] | None = None,
+    *,
+    reference: str | None = None,
+    replicates: int = DEFAULT_REPLICATES,
 ) -> TableData:
     """Pivot a tidy frame to the paper's layout. `meta` is the experiment's layout (experiment.json:
-    variants, table spec); `run_ids` restricts the table to those runs (the current expansion)."""
+    variants, table spec); `run_ids` restricts the table to those runs (the current expansion);
+    `reference` overrides the table's reference row, `replicates` the bootstrap's B (0: no intervals)."""
     meta = meta or {}
     spec = meta.get("table") or {}
     split = spec.get("split", "val")
@@ -221,6 +232,7 @@ def build_table(
     order = list(meta.get("variants") or [])
     seen = list(dict.fromkeys(tidy.sort_values(["index", "variant"])["variant"]))
     variants = order + [v for v in seen if v not in order]
+    ref = resolve_reference(spec, variants, reference)
 
     want = tidy[((tidy["split"] == split) & tidy["metric"].isin(HIGHER_IS_BETTER))]
     cost_rows = tidy[(tidy["split"] == "") & tidy["metric"].isin([f"params.{cost}", f"gflops.{cost}"])].copy()
@@ -229,6 +241,7 @@ def build_table(
     grouped = both.groupby(["variant", "metric"])["value"]
     mean = grouped.mean().unstack().reindex(index=variants, columns=columns)
     std = grouped.std(ddof=1).unstack().reindex(index=variants, columns=columns)
+    count = grouped.count().unstack().reindex(index=variants, columns=columns).fillna(0).astype(int)
     n = want.groupby("variant")["seed"].nunique().reindex(variants).fillna(0).astype(int)
     if len(mean.columns) and mean.isna().all(axis=None):
         mean = mean.astype(float)
@@ -255,6 +268,8 @@ def build_table(
         paper_variant=paper_variant,
         caption=meta.get("caption", ""),
         label=f"tab:{meta.get('name', 'risbench')}",
+        stats=compute_stats(both, variants, columns, spec, ref, replicates),
+        count=count,
     )
 
 
@@ -268,10 +283,16 @@ def _latest_per_variant_seed(tidy: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_for_dir(
-    runs_dir: str | Path, run_ids: list[str] | None = None, columns: list[str] | None = None
+    runs_dir: str | Path,
+    run_ids: list[str] | None = None,
+    columns: list[str] | None = None,
+    *,
+    reference: str | None = None,
+    replicates: int = DEFAULT_REPLICATES,
 ) -> TableData:
     """Collect and pivot one experiment's run folder (runs/<experiment>/), using its experiment.json;
-    `columns` narrows the table's columns (e.g. the cost columns only)."""
+    `columns` narrows the table's columns (e.g. the cost columns only); `reference` and `replicates` as
+    in `build_table`."""
     runs_dir = Path(runs_dir)
     meta = read_json(runs_dir / "experiment.json") or {"name": runs_dir.name}
     if columns is not None:
@@ -283,6 +304,6 @@ def table_for_dir(
         raise RisbenchError(f"{runs_dir}: no metrics.json or flops.json found under it")
     from risbench.runner.export import caption_for
 
-    table = build_table(tidy, meta, run_ids)
-    table.caption = caption_for(meta, runs_dir, run_ids)
+    table = build_table(tidy, meta, run_ids, reference=reference, replicates=replicates)
+    table.caption = caption_for(meta, runs_dir, run_ids, table.stats)
     return table

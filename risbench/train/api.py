@@ -6,6 +6,7 @@ A run directory holds:
   config.yaml        the resolved config (written first; the model is its full spec)
   train_log.jsonl    one line per logged step (loss terms, lr, throughput, time) and per validation
   checkpoints/       last.pt (every validation, every ckpt_every steps, the end), best.pt (best val oIoU)
+  per_sentence.<split>.csv.gz  the final evaluation's counts per sentence (risbench.train.sentences)
   metrics.json       per split metrics + provenance (written last: its presence marks a finished run)
   evals/             results of later `risbench eval` calls
 """
@@ -28,6 +29,7 @@ from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
 from risbench.train.metrics import SentenceResult
 from risbench.train.provenance import provenance
+from risbench.train.sentences import per_sentence_path, write_per_sentence
 from risbench.train.trainer import train
 
 
@@ -166,6 +168,7 @@ def _train_and_evaluate(
         used = "best"
     t_eval = time.perf_counter()
     split_seconds: dict[str, float] = {}
+    sentences: dict[str, list[SentenceResult]] = {}
     splits = evaluate_splits(
         comp,
         run_cfg,
@@ -174,6 +177,7 @@ def _train_and_evaluate(
         threshold=run_cfg.eval.threshold,
         resolution=run_cfg.eval.resolution,
         timings=split_seconds,
+        sentences=sentences,
     )
     eval_seconds = time.perf_counter() - t_eval
     metrics = {
@@ -200,6 +204,8 @@ def _train_and_evaluate(
         },
     }
     if info.is_main:
+        for split, items in sentences.items():  # before metrics.json, whose presence marks the run finished
+            write_per_sentence(run_dir, split, items, run_cfg.eval.threshold, run_cfg.eval.resolution)
         atomic_write_json(metrics_path, metrics)
     barrier(info)
     return metrics
@@ -243,7 +249,11 @@ def evaluate_run(
     per_sentence: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
-    <name>.<split>.csv with one row per sentence) and returns the JSON's content."""
+    <name>.<split>.csv with one row per sentence) and returns the JSON's content.
+
+    A full evaluation with the run's own settings (every sentence, its threshold, resolution and
+    checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
+    from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
     run_dir = Path(run_dir)
     info = init_distributed()
     cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
@@ -273,6 +283,11 @@ def evaluate_run(
         if per_sentence:
             for split, items in sentences.items():
                 atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))
+        own = (threshold, resolution, checkpoint) == (cfg.eval.threshold, cfg.eval.resolution, "auto")
+        if own and max_samples is None and not swap_text:
+            for split, items in sentences.items():
+                if not per_sentence_path(run_dir, split).exists():
+                    write_per_sentence(run_dir, split, items, threshold, resolution)
         atomic_write_json(run_dir / "evals" / f"{name}.json", result)
         result["written_to"] = str(run_dir / "evals" / f"{name}.json")
     return result

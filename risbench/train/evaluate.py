@@ -86,6 +86,7 @@ def score_batch(
                 ref_id=meta.get("ref_id"),
                 exists=bool(batch["exists"][i].item()),
                 sentence=meta.get("sentence", ""),
+                sent_id=meta.get("sent_id"),
             )
         )
     return out

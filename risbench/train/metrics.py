@@ -56,6 +56,7 @@ class SentenceResult:
     gt_area: int
     image_area: int
     sentence: str = ""  # the expression (for per-sentence reports; not used by the metrics)
+    sent_id: Any = None  # the dataset's sentence id (for per-sentence files; not used by the metrics)
 
     @property
     def iou(self) -> float:
@@ -73,6 +74,7 @@ def score_sentence(
     ref_id: Any = None,
     exists: bool = True,
     sentence: str = "",
+    sent_id: Any = None,
 ) -> SentenceResult:
     """Counts for one binary prediction against its binary ground truth (same shape)."""
     pred = np.asarray(pred).astype(bool)
@@ -92,6 +94,7 @@ def score_sentence(
         gt_area=gt_area,
         image_area=int(gt.size),
         sentence=sentence,
+        sent_id=sent_id,
     )
 
 

@@ -72,6 +72,8 @@ def test_pretrain_artifact_loads_strictly_and_is_cached(tmp_path):
     prov = art.provenance
     assert prov["steps"] == 4 and len(prov["loss_curve"]) == 4
     assert prov["config"]["objective"]["options"]["image_mask_ratio"] == 0.25
+    held = prov["held_out"]  # the val split (2 scenes x 2 refs x 3 sentences), own and swapped images
+    assert held["samples"] == 12 and set(held["image"]) == set(held["swapped_image"]) >= {"loss_mlm", "acc_mlm"}
     assert art.directory.parent == tmp_path / "cache" / "pretrain"
     assert not (art.directory / "checkpoints").exists()
     # the official layout: every encoder key under "beit3.", the heads beside them

@@ -277,3 +277,26 @@ def test_breakdown_groups_sentences_by_word_kinds(tmp_path, capsys):
     assert "| colour | 2 | 50 | 50 |" in capsys.readouterr().out
     assert main(["data", "breakdown", str(tmp_path / "missing.csv")]) == 2
     assert "--per-sentence" in capsys.readouterr().err
+
+
+def test_captions_name_every_object_and_cover_the_expressions_vocabulary():
+    """`text: captions` (pretraining pairs): one caption per scene naming each object by size word, colour
+    and shape; its mask is every object; the tokenizer texts keep the expressions too."""
+    from risbench.data.build import build_dataset, train_texts
+    from risbench.data.synthref import SceneSource, SynthRefConfig
+    from risbench.data.synthref_scene import SIZE_WORDS
+
+    cfg = {"name": "synthref", "flavour": "refcoco+", "num_train": 6, "num_val": 3, "text": "captions"}
+    ds = build_dataset(cfg, "val", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
+    source = SceneSource(SynthRefConfig(flavour="refcoco+", num_train=6, num_val=3, text="captions"), "val")
+    assert len(ds) == 3
+    for i in range(3):
+        item, scene = ds[i], source.scene(i)
+        size_of = {w: size for size, words in SIZE_WORDS.items() for w in words}
+        described = sorted((size_of[w[1]], w[2], w[3]) for w in (p.split() for p in item["text"].split(" and ")))
+        assert described == sorted((o.size, o.colour, o.shape) for o in scene.objects)
+        assert item["mask"].sum() > 0 and item["exists"]
+    both = build_dataset({**cfg, "text": "both"}, "val", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
+    assert len(both) == 3 * (2 * 3 + 1)  # per scene: 2 refs x 3 sentences, then the caption
+    texts = train_texts(cfg)
+    assert any(" and " in t for t in texts) and any(t.startswith("the ") for t in texts)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
-from risbench.data.synthref_generate import make_scene
+from risbench.data.synthref_generate import caption, make_scene
 from risbench.data.synthref_scene import FLAVOURS, Scene
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
+TEXT_MODES = ("expressions", "captions", "both")
 IMAGE_ID_STRIDE = 10**8
 TOKENIZER_SCENES = 2000  # training scenes whose sentences train a tokenizer (see train_texts)
 
@@ -37,6 +38,9 @@ class SynthRefConfig:
     min_objects: int = 3
     max_objects: int = 5
     object_scale: float = 1.0  # multiplies every object's radius (small 0.075, large 0.135 of the side at 1.0)
+    # expressions (refs with referring expressions) | captions (one ref a scene: a caption naming every object,
+    # the mask all objects; for pretraining) | both (the refs, then the caption ref)
+    text: str = "expressions"
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -47,6 +51,8 @@ class SynthRefConfig:
             raise ValueError("need 1 <= refs_per_scene <= min_objects <= max_objects <= 8")
         if not 0.0 < self.object_scale <= 2.0:
             raise ValueError(f"object_scale must be in (0, 2], got {self.object_scale}")
+        if self.text not in TEXT_MODES:
+            raise ValueError(unknown_name_message("SynthRef text", self.text, TEXT_MODES))
         if self.sentences_per_ref < 1 or self.image_size < 16:
             raise ValueError("need sentences_per_ref >= 1 and image_size >= 16")
 
@@ -91,8 +97,23 @@ class SceneSource:
     def image_id(self, index: int) -> int:
         return self.split_code * IMAGE_ID_STRIDE + index
 
+    @property
+    def expression_refs(self) -> int:
+        """Refs with referring expressions a scene yields (none with text: captions)."""
+        return 0 if self.cfg.text == "captions" else self.cfg.refs_per_scene
+
+    @property
+    def slots(self) -> int:
+        """Refs a scene yields: its expression refs, then its caption ref (text: captions or both)."""
+        return self.expression_refs + (self.cfg.text != "expressions")
+
+    def caption(self, index: int) -> str:
+        """The caption of scene `index`, from its own generator (the scene's draws are not disturbed)."""
+        rng = np.random.default_rng([self.cfg.seed, self.split_code, index, 1])
+        return caption(self.scene(index).objects, rng)
+
     def ref_id(self, index: int, r: int) -> int:
-        return self.image_id(index) * self.cfg.refs_per_scene + r
+        return self.image_id(index) * self.slots + r
 
     def sent_id(self, ref_id: int, j: int) -> int:
         return ref_id * self.cfg.sentences_per_ref + j
@@ -107,7 +128,9 @@ class SynthRefDataset(RefDataset):
         self.cfg = cfg
         self.source = SceneSource(cfg, split)
         self.split = split
-        self._counts = np.full(self.source.size * cfg.refs_per_scene, cfg.sentences_per_ref, dtype=np.int64)
+        captions = self.source.slots - self.source.expression_refs
+        counts = [cfg.sentences_per_ref] * self.source.expression_refs + [1] * captions
+        self._counts = np.tile(np.array(counts, dtype=np.int64), self.source.size)
         self._rendered: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -120,7 +143,10 @@ class SynthRefDataset(RefDataset):
         these cover it (tests/test_tokenizers.py checks), at a fraction of the cost of all scenes."""
         source = SceneSource(cfg, "train")
         n = min(source.size, TOKENIZER_SCENES)
-        return [text for i in range(n) for ref in source.scene(i).refs for text, _ in ref.sentences]
+        texts = [text for i in range(n) for ref in source.scene(i).refs for text, _ in ref.sentences]
+        if cfg.text != "expressions":  # captions too; the expressions stay, so fine-tuning words are covered
+            texts += [source.caption(i) for i in range(n)]
+        return texts
 
     def num_refs(self) -> int:
         return len(self._counts)
@@ -137,11 +163,20 @@ class SynthRefDataset(RefDataset):
         return self._rendered[1], self._rendered[2]
 
     def load_ref(self, index: int) -> LoadedRef:
-        scene_index, r = divmod(index, self.cfg.refs_per_scene)
+        scene_index, r = divmod(index, self.source.slots)
         scene = self.source.scene(scene_index)
-        ref = scene.refs[r]
         image, labels = self.render(scene_index)
         ref_id = self.source.ref_id(scene_index, r)
+        if r == self.source.expression_refs:  # the caption ref
+            sentence = Sentence(self.source.sent_id(ref_id, 0), self.source.caption(scene_index), True)
+            return LoadedRef(
+                image=image,
+                mask=(labels > 0).astype(np.uint8),
+                ref_id=ref_id,
+                image_id=self.source.image_id(scene_index),
+                sentences=[sentence],
+            )
+        ref = scene.refs[r]
         return LoadedRef(
             image=image,
             mask=(labels == ref.object_index + 1).astype(np.uint8),

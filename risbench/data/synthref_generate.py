@@ -43,6 +43,16 @@ def _noun_phrase(d: Descriptor, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def caption(objects: list[SceneObject], rng: np.random.Generator) -> str:
+    """A scene caption naming every object, in random order: "a small red circle and a big blue star ..."
+    (the image-text pairs of pretraining: every masked word is readable from the image)."""
+    parts = [
+        f"a {_pick(rng, SIZE_WORDS[o.size])} {o.colour} {o.shape}"
+        for o in (objects[i] for i in rng.permutation(len(objects)))
+    ]
+    return " and ".join(parts)
+
+
 def _region_phrase(region, rng: np.random.Generator, prefix: bool) -> str:
     h, v = region
     if (h, v) == ("middle", "middle"):

@@ -152,7 +152,7 @@ def pretrain(
 
 def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
     """(objective module holding the encoder, tokenizer, training dataset) for a resolved config."""
-    from risbench.data.build import build_dataset, train_texts
+    from risbench.data.build import train_texts
     from risbench.data.tokenizers import build_tokenizer
 
     section = dict(resolved["model"]["encoder"])
@@ -170,16 +170,21 @@ def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
     tokenizer = build_tokenizer(encoder.tokenizer_family, cfg.tokenizer.path, texts, cache, vocab)
     options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
     objective = entry.obj(options, encoder, tokenizer)
-    dataset = build_dataset(
+    return objective, tokenizer, _split(resolved, encoder, "train", cfg.seed)
+
+
+def _split(resolved: dict[str, Any], encoder, split: str, seed: int):
+    from risbench.data.build import build_dataset
+
+    return build_dataset(
         resolved["data"],
-        "train",
+        split,
         image_size=encoder.image_size,
         mean=encoder.pixel_mean,
         std=encoder.pixel_std,
-        train=True,
-        seed=cfg.seed,
+        train=split == "train",
+        seed=seed,
     )
-    return objective, tokenizer, dataset
 
 
 def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command) -> Pretrained | None:
@@ -295,8 +300,36 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
     return _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command)
 
 
+@torch.no_grad()
+def held_out(objective, dataset, collate, device, *, max_samples: int, batch_size: int) -> dict[str, Any]:
+    """The objective's logged terms on held-out pairs (the data's val split), with each pair's own image
+    and with the image of the next pair in the batch: the gap is what the encoder reads from the pixels.
+    Masks are drawn from a fixed seed, so the numbers are reproducible."""
+    n = min(len(dataset), max_samples)
+    totals: dict[str, dict[str, float]] = {"image": {}, "swapped_image": {}}
+    objective.eval()
+    with torch.random.fork_rng(devices=[]):
+        for mode, logs in totals.items():
+            torch.manual_seed(0)
+            for start in range(0, n, batch_size):
+                batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                if mode == "swapped_image":
+                    batch["image"] = batch["image"].roll(1, dims=0)
+                _, terms = objective(batch)
+                for k, v in terms.items():
+                    logs[k] = logs.get(k, 0.0) + v * len(batch["meta"])
+    objective.train()
+    return {
+        "split": "val",
+        "samples": n,
+        **{mode: {k: round(v / n, 5) for k, v in logs.items()} for mode, logs in totals.items()},
+    }
+
+
 def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command) -> Pretrained:
-    """Export the encoder and the tokenizer, then write the provenance file (last)."""
+    """Export the encoder and the tokenizer, measure held-out pairs, then write the provenance file (last)."""
+    from risbench.data.collate import Collator
     from risbench.data.tokenizers import save_tokenizer
 
     files = objective.export()
@@ -304,6 +337,13 @@ def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, devic
         atomic_write_bytes(out_dir / file_name, lambda f, obj=payload: torch.save(obj, f))
     tok_name = save_tokenizer(tokenizer, out_dir).name
     curve = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    evaluation = None
+    if cfg.eval_samples:
+        val = _split(resolved, objective.encoder, "val", cfg.seed)
+        collate = Collator(tokenizer, cfg.tokenizer.max_len)
+        evaluation = held_out(
+            objective, val, collate, device, max_samples=cfg.eval_samples, batch_size=cfg.train.batch_size
+        )
     relative = {k: str(Path(v).relative_to(out_dir)) for k, v in objective.encoder_options(out_dir).items()}
     names = [*files, tok_name, log_path.name, "config.yaml"]
     prov = {
@@ -316,6 +356,7 @@ def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, devic
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 2),
         "final": {k: v for k, v in curve[-1].items() if k.startswith(("loss", "acc"))} if curve else {},
+        "held_out": evaluation,
         "loss_curve": [{k: r[k] for k in r if k not in ("lr", "samples_per_s", "s_per_step")} for r in curve],
         "encoder_options": relative,
         "tokenizer": tok_name,

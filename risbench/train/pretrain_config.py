@@ -71,9 +71,12 @@ class PretrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: PretrainRecipe = field(default_factory=PretrainRecipe)
     seed: int = 0
+    eval_samples: int = 512  # held-out pairs (the data's val split) measured at the end; 0 = none
     description: str | None = None
 
     def __post_init__(self) -> None:
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples must be >= 0, got {self.eval_samples}")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name.startswith("."):
             raise ValueError(f"name must be letters, digits, '-', '_' or '.', got {self.name!r}")
 

@@ -44,7 +44,8 @@ def benchmark_step(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
     from risbench.train.config import TrainConfig
     from risbench.train.evaluate import autocast_context, uses_bf16
     from risbench.train.losses import build_loss

@@ -176,7 +176,8 @@ def _compared(result: dict[str, Any], component: str) -> tuple[int, int]:
 
 def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress: Any = None) -> list[dict[str, Any]]:
     """Measure every row, write DIR/efficiency.{csv,md,json}; returns the table rows."""
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
 
     exp, paper_path = load_experiment(path)
     paper = load_paper_tables(paper_path)

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from risbench.config import PROJECT_ROOT, apply_overrides, find_preset, load_config, to_dataclass
+from risbench.config import PROJECT_ROOT, find_preset, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError
 from risbench.registry import DECODERS, ENCODERS, FPNS, Registry
+from risbench.spec import apply_overrides, load_config
 
 
 def test_registry_register_get_and_duplicates():

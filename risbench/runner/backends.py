@@ -57,7 +57,8 @@ def text_len_of(cfg: dict[str, Any]) -> int:
 def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
     """Build the run's model (random init, no data) and count params/FLOPs with risbench.flops.measure."""
     from risbench.flops import measure
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
 
     spec = resolve_model_spec(cfg["model"])
     model = build_segmenter(spec)

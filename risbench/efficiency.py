@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import yaml
 from risbench.config import PROJECT_ROOT, read_yaml, registry_dir, to_dataclass
 from risbench.errors import RisbenchError
 from risbench.flops import COMPONENTS, CONVENTION, giga, measure, millions
+from risbench.io import atomic_write_text, git_text
 
 PARAMS_ABS_TOL_M = 1.0  # params: within max(1M, 10%) of the paper
 PARAMS_REL_TOL = 0.10
@@ -219,19 +219,6 @@ def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress
     return table_rows
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _header(exp: EfficiencyExperiment, paper_path: Path, command: str, image_sizes: list[int]) -> list[tuple[str, str]]:
     import fvcore
     import torch
@@ -250,7 +237,7 @@ def _header(exp: EfficiencyExperiment, paper_path: Path, command: str, image_siz
     params_tol = f"max({PARAMS_ABS_TOL_M:g}M, {PARAMS_REL_TOL:.0%})"
     header = [
         ("command", command),
-        ("produced", f"{now} on {platform.node()} ({os.cpu_count()} CPUs), git {_git_commit()}, {versions}"),
+        ("produced", f"{now} on {platform.node()} ({os.cpu_count()} CPUs), git {git_text()}, {versions}"),
         ("input size", size_text),
         ("text length", f"{exp.text_len} (the full tokenised length incl. <s> and </s>, no padding)"),
         ("batch size", str(exp.batch_size)),
@@ -285,6 +272,4 @@ def _write_outputs(
         "efficiency.json": json.dumps(payload, indent=2) + "\n",
     }
     for name, text in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)

@@ -15,9 +15,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write here (atomically) instead of stdout"),
     ) -> None:
         """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout (mean ± std over seeds)."""
+        from risbench.io import atomic_write_text
         from risbench.runner.export import render
         from risbench.runner.tables import table_for_dir
-        from risbench.train.checkpoint import atomic_write_text
 
         text = render(table_for_dir(runs_dir), fmt)
         if out is None:
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write the Markdown here (atomically) instead of stdout"),
     ) -> None:
         """Learning curves: the val oIoU / mIoU each run logged while training, side by side by step."""
-        from risbench.train.checkpoint import atomic_write_text
+        from risbench.io import atomic_write_text
         from risbench.train.curves import curves_markdown
 
         text = curves_markdown(list(run_dirs), list(name) or None)

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from risbench.errors import RisbenchError, unknown_name_message
+from risbench.io import atomic_write_path
 
 FAMILIES = ("sentencepiece", "wordpiece")
 
@@ -118,19 +116,6 @@ def _cache_key(family: str, texts: list[str], vocab_size: int) -> str:
         h.update(t.encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename (safe with several ranks racing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _train_sentencepiece(texts: list[str], vocab_size: int, out: Path) -> None:
@@ -232,14 +217,14 @@ def build_tokenizer(
     if family == "sentencepiece":
         file = cache_dir / f"spm-{key}.model"
         if not file.is_file():
-            _atomic_write(file, lambda p: _train_sentencepiece(train_texts, vocab_size, p))
+            atomic_write_path(file, lambda p: _train_sentencepiece(train_texts, vocab_size, p))
         tok = SentencePieceTokenizer(file, xlmr_offset=False, source=f"{file} ({how})")
     else:
         from tokenizers import Tokenizer as HFTokenizer
 
         file = cache_dir / f"wordpiece-{key}.json"
         if not file.is_file():
-            _atomic_write(file, lambda p: _train_wordpiece(train_texts, vocab_size, p))
+            atomic_write_path(file, lambda p: _train_wordpiece(train_texts, vocab_size, p))
         tok = WordPieceTokenizer(HFTokenizer.from_file(str(file)), source=f"{file} ({how})")
     if tok.vocab_size > vocab_size:  # cannot happen with the caps above; kept as a guard on library changes
         raise RisbenchError(f"{file}: trained vocabulary {tok.vocab_size} exceeds vocab_size {vocab_size}")

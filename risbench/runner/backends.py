@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
+from risbench.io import atomic_write_json
 from risbench.runner.progress import SweepProgress
-from risbench.train.checkpoint import atomic_write_json
 
 DEFAULT_TEXT_LEN = 20
 
@@ -249,7 +249,7 @@ def nproc_of(run_dir: Path, default: int = 1) -> int:
 
 def torchrun_line(run_dir: Path, nproc: int) -> str:
     return (
-        f"torchrun --standalone --nproc-per-node {nproc} -m risbench.train.launch "
+        f"torchrun --standalone --nproc-per-node {nproc} -m risbench.cli.launch "
         f"{shlex.quote(str(Path(run_dir) / 'config.yaml'))}"
     )
 

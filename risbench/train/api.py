@@ -21,13 +21,13 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
-from risbench.train.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, seed_everything
+from risbench.io import atomic_write_json, atomic_write_text, provenance
+from risbench.train.checkpoint import load_checkpoint, seed_everything
 from risbench.train.components import Components, build_components, build_split, process_settings
 from risbench.train.config import RunConfig, comparable, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
 from risbench.train.metrics import SentenceResult
-from risbench.train.provenance import provenance
 from risbench.train.trainer import train
 
 

@@ -1,4 +1,4 @@
-"""One run = one process group. `torchrun --standalone --nproc-per-node K -m risbench.train.launch CONFIG`
+"""One run = one process group. `torchrun --standalone --nproc-per-node K -m risbench.cli.launch CONFIG`
 (or `risbench train CONFIG` under torchrun) starts K processes; they find RANK / WORLD_SIZE /
 LOCAL_RANK in the environment. gloo on CPU, nccl on GPU; with world size 1 there is no process group
 and no DDP wrapper. Only rank 0 writes files.

@@ -13,7 +13,7 @@ with a message that names both sides. Vocabulary:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +90,9 @@ class Encoder(nn.Module):
     image_size: int
     vocab_size: int
     weights: str  # "random" or the path the weights came from
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) excluded from weight decay."""
@@ -100,6 +103,9 @@ class FPN(nn.Module):
     """Base class of FPNs/necks: `forward(EncoderFeatures) -> FusedFeatures`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
     out_spec: FusedSpec
 
 
@@ -107,6 +113,9 @@ class Decoder(nn.Module):
     """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
 
     def extra_losses(self, out: DecoderOutput, target: Tensor, batch: dict) -> dict[str, Tensor]:
         """Weighted auxiliary loss terms for training (CGFormer, DMMI); none by default.

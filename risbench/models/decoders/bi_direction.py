@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +47,8 @@ class BiDirectionDecoder(Decoder):
     which the block and the MLP both update. Counts (BEiT-3-B, 480 px, 20 tokens): 13.91M / 51.25G vs the
     paper's 14M / 51G (Table VIII(b)); `mlp_on: visual` 13.91M / 51.21G; `mlp_on: none` 11.81M / 49.32G.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"num_heads": 2, "drop_path": 0.0, "head": {"conv_dim": 8}}
 
     requires = frozenset({"text_tokens"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +210,8 @@ class CGFormerDecoder(Decoder):
     - `release_unused_params`: the released LoadToken registers a LayerNorm and an MLP that it never
       uses (2.1M at token_dim 512); off by default, on to count parameters as the released code does.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"token_dim": 16, "image_size": 64, "pyramid": {"dims": (8, 8, 16, 16)}}
 
     requires = frozenset({"text_tokens"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,14 @@ class DMMIDecoder(Decoder):
       Linear-aligned (Conv1d 1x1 in DMMI) language, both weighted by `batch["exists"]` (0 for no-target
       samples) as DMMI's target_flag.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {
+        "hidden_dim": 16,
+        "lan_dim": 16,
+        "num_heads": 2,
+        "ffn_dim": 16,
+        "pyramid": {"dims": (8, 8, 16, 16)},
+    }
 
     requires = frozenset({"text_tokens"})
 

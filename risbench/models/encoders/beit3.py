@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +138,15 @@ class Beit3Encoder(Encoder):
     draws text and position embeddings from N(0, 0.02) and Linear weights from trunc-normal(0.02) with
     zero biases, as ViT and BERT do, and keeps the Magneto scaling. `weights` loads an official checkpoint.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {
+        "size": "tiny",
+        "image_size": 32,
+        "patch_size": 16,
+        "depth": 2,
+        "out_indices": (1, 2),
+        "vocab_size": 100,
+    }
 
     tokenizer_family = "sentencepiece"
     pixel_mean = (0.5, 0.5, 0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -61,6 +62,8 @@ class BiDirectionFPN(FPN):
       encoder (768-d), bare block: E 3072 60.9M / 29.2G; E 2048 42.0M / 20.3G; E 1536 (BEiT-3's FFN // 2),
         6 heads 32.6M / 15.8G, + MLP both (at 768) 51.5M / 33.2G.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16, "num_heads": 2, "drop_path": 0.0}
 
     requires = frozenset({"joint_tokens", "single_scale"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,8 @@ class CrisFPN(FPN):
       text tokens through one Linear to the output width (a decision; the paper does not say how the
       Shared decoder gets its text when this FPN is used); `visual_cls` is None.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"out_channels": (8, 16, 32), "pyramid_dims": (8, 16, 24)}
 
     requires = frozenset()
 

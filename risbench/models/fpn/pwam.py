@@ -7,6 +7,7 @@ Source read (not copied): `yz93/LAVT-RIS@1da0af9f:lib/backbone.py` (`PWAM`, `Spa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,8 @@ class PWAMFPN(FPN):
     14.2M for 3 stages + gate or 4 without gate (the paper's params), 18.9M / 13.0G for 4 + gate (its FLOPs);
     no one reading gives both of the paper's numbers.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16}
 
     requires = frozenset({"text_tokens"})
 

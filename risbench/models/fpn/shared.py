@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +79,8 @@ class SharedFPN(FPN):
     (`encoder.out_indices`).
     """
 
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16, "num_heads": 2}
+
     requires = frozenset({"joint_tokens", "single_scale"})
 
     def __init__(self, cfg: SharedFPNConfig, in_spec: FeatureSpec) -> None:
@@ -134,6 +137,8 @@ class NoFPN(FPN):
     paper does not describe (seed_specs §1.6 FLAG). We use the same per-modality linear as the Shared
     FPN's W_j, so the only difference from `shared` is the multi-stage self-attention.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16}
 
     requires = frozenset({"joint_tokens"})
 

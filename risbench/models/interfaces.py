@@ -124,11 +124,6 @@ class Decoder(nn.Module):
         return {}
 
 
-def split_joint(tokens: Tensor, num_visual: int) -> tuple[Tensor, Tensor]:
-    """Split a joint sequence (B, N_v + N_t, D) into its visual and text parts."""
-    return tokens[:, :num_visual], tokens[:, num_visual:]
-
-
 def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     """(B, H*W, D) -> (B, D, H, W)."""
     b, n, d = tokens.shape

@@ -1,6 +1,8 @@
-"""Entry points for one run: `train_run` (train or resume or skip, then evaluate), `evaluate_run`
-(re-evaluate a run directory with other splits / threshold / resolution, or with swapped expressions),
-and `predict` (one image + one expression -> mask overlay).
+"""Entry points for one run directory: `train_run` (train or resume or skip, then evaluate), `evaluate_run`,
+`load_run`.
+
+`evaluate_run` re-evaluates a run directory with other splits / threshold / resolution, or with swapped
+expressions.
 
 A run directory holds:
   config.yaml        the resolved config (written first; the model is its full spec)

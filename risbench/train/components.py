@@ -1,6 +1,7 @@
-"""What a run builds from its config before training or evaluation: process settings (determinism,
-threads), the model, the tokenizer (trained on the training expressions and cached when no file is
-given; rank 0 first), the collator and the datasets."""
+"""What a run builds from its config before training or evaluation.
+
+Process settings (determinism, threads), the model, the tokenizer (trained on the training expressions and
+cached when no file is given; rank 0 first), the collator and the datasets."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe. Defaults are the paper's (seed_specs §1.5)."""
+    """The optimisation recipe. Defaults are the paper's (docs/decisions.md §5)."""
 
     epochs: int = 35
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
@@ -89,7 +89,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: which splits, at what threshold and resolution (seed_specs §7.1)."""
+    """Evaluation: which splits, at what threshold and resolution (docs/decisions.md §6)."""
 
     splits: list[str] = field(default_factory=lambda: ["val"])
     val_split: str | None = "val"  # chooses checkpoints/best.pt (by oIoU); null = no validation

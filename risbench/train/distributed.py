@@ -1,4 +1,6 @@
-"""One run = one process group. `torchrun --standalone --nproc-per-node K -m risbench.cli.launch CONFIG`
+"""One run = one process group: setup, the global batch sampler, gather / broadcast helpers.
+
+`torchrun --standalone --nproc-per-node K -m risbench.cli.launch CONFIG`
 (or `risbench train CONFIG` under torchrun) starts K processes; they find RANK / WORLD_SIZE /
 LOCAL_RANK in the environment. gloo on CPU, nccl on GPU; with world size 1 there is no process group
 and no DDP wrapper. Only rank 0 writes files.
@@ -142,7 +144,3 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.global_batches()) - self.start_batch)
-
-
-def batches_per_epoch(num_samples: int, global_batch: int) -> int:
-    return num_samples // global_batch

@@ -1,6 +1,6 @@
-"""Old name of `risbench.cli.launch` (`torchrun ... -m risbench.train.launch CONFIG`), kept so that launch
-lines printed before the move still run. The one import from train/ up into cli/ (see
-tests/test_architecture.py, ALLOWED_UPWARD)."""
+"""Old name of `risbench.cli.launch` (`torchrun ... -m risbench.train.launch CONFIG`), kept for old launch lines.
+
+The one import from train/ up into cli/ (tests/test_architecture.py, ALLOWED_UPWARD)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bi-direction decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b), Fig. 5; seed_specs §1.6)."""
+"""The bi-direction decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b), Fig. 5; docs/decisions.md §3)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class BiDirectionDecoder(Decoder):
 
     Each layer: the block updates visual (CLS + patches) and text tokens from one shared logit tensor (padded words
     masked), then the Shared layer's MLP with its pre-LN and residual; then the same mask head on the text CLS.
-    Decisions (seed_specs §1.6 FLAG): the block replaces the MSA only, so the layer keeps its MLP, and keeps it
+    Decisions (docs/decisions.md §3 FLAG): the block replaces the MSA only, so the layer keeps its MLP, and keeps it
     shared over both modalities as in the Shared layer (Eq. 9); Grounding DINO also follows the fusion with an FFN
     on each modality. embed_dim 4 x d_w = 2048 and 4 heads (GDINO's ratios). The mask head reads the text CLS,
     which the block and the MLP both update. Counts (BEiT-3-B, 480 px, 20 tokens): 13.91M / 51.25G vs the

@@ -182,7 +182,7 @@ class CGFormerDecoderConfig:
 class CGFormerDecoder(Decoder):
     """CGFormer decoder: 2 learnable tokens group pixels over 3 stages (1/16 -> 1/8 -> 1/4), dynamic head.
 
-    As the released ("updated version") code does it (seed_specs §3.1): stage i fuses the running map
+    As the released ("updated version") code does it (docs/decisions.md §3 CGFormer): stage i fuses the running map
     with the next-finer pyramid level (Fusion), lets the target token read the words (stages 2-3, with
     the following MLP replacing the tokens), adds the stage's learnable positional table and runs
     CGAttention (stage 1 its own, stages 2 and 3 one shared module); the target token then gives the

@@ -102,7 +102,7 @@ class DMMIDecoder(Decoder):
     """DMMI decoder: top-down conv fusion with text-to-image transformer layers and an image-to-text
     branch that reconstructs the words of a masked sentence (training only).
 
-    As released (seed_specs §3.2): up(c4) + c3 -> [Conv3x3-BN-ReLU] x2 (hidden 768, 1/16) -> T2I layer
+    As released (docs/decisions.md §3 DMMI): up(c4) + c3 -> [Conv3x3-BN-ReLU] x2 (hidden 768, 1/16) -> T2I layer
     (pixels attend to the words) -> up + c2 -> convs (1/8) -> [I2T: Conv3x3-BN-ReLU, then a decoder layer
     with the masked-sentence words as queries and the pixels as memory] -> T2I layer -> up + c1 -> convs
     (1/4) -> Conv1x1 to 2 logits. A pooled decoder feature (GAP at 1/16, then Linear(concat(., GAP)) at

@@ -70,7 +70,7 @@ class SharedDecoderConfig:
 class SharedDecoder(Decoder):
     """Shared decoder: n pre-LN self-attention layers over vision+text, then the dot-product mask head.
 
-    Decisions (seed_specs §1.4): MLP ratio 4 with GELU (each layer then adds ~3.1M params and ~3.8
+    Decisions (docs/decisions.md §3 Shared decoder): MLP ratio 4 with GELU (each layer then adds ~3.1M params and ~3.8
     GFLOPs, as Table VIII(a) steps by 3M / 4G); the text CLS is the first text token (BEiT-3's <s>);
     padded text tokens are masked as keys. The paper's default is one layer.
     """

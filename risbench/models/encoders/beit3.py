@@ -1,6 +1,6 @@
 """BEiT-3 multiway transformer encoder, key-compatible with the official unilm/torchscale checkpoints.
 
-Our own implementation of the encoder described in seed_specs §1.1 (seed000 §III-A; reference layout:
+Our own implementation of the encoder described in docs/decisions.md §1 BEiT-3 (seed000 §III-A; reference layout:
 microsoft/torchscale `model/BEiT3.py`, `architecture/encoder.py`, `component/multihead_attention.py`,
 `component/multiway_network.py`, `component/embedding.py`, `component/feedforward_network.py`).
 Every module and parameter name maps 1:1 onto an official key once its "beit3." prefix is removed,
@@ -125,7 +125,7 @@ class Beit3Encoder(Encoder):
     the first n+1 tokens, copy B (language) the text tokens; only the softmax runs over the joint
     sequence.
 
-    Decision on seed_specs §1.1 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
+    Decision on docs/decisions.md §1 BEiT-3 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
     is returned as torchscale's `encoder_states[j]`, i.e. *before* the final multiway LayerNorm; for
     j == depth the final multiway LayerNorm (`encoder.layer_norm`) is applied, i.e. torchscale's
     `encoder_out`. Layers after the last out index are not run (they would feed nothing).

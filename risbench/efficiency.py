@@ -40,6 +40,8 @@ from risbench.config import PROJECT_ROOT, read_yaml, registry_dir, to_dataclass
 from risbench.errors import RisbenchError
 from risbench.flops import COMPONENTS, CONVENTION, giga, measure, millions
 from risbench.io import atomic_write_text, git_text
+from risbench.models.segmenter import build_segmenter
+from risbench.spec import resolve_model_spec, validate_spec
 
 PARAMS_ABS_TOL_M = 1.0  # params: within max(1M, 10%) of the paper
 PARAMS_REL_TOL = 0.10
@@ -174,15 +176,22 @@ def _compared(result: dict[str, Any], component: str) -> tuple[int, int]:
     return part["params"], part["flops"]
 
 
-def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress: Any = None) -> list[dict[str, Any]]:
-    """Measure every row, write DIR/efficiency.{csv,md,json}; returns the table rows."""
-    from risbench.models.segmenter import build_segmenter
-    from risbench.spec import resolve_model_spec
-
+def validate_experiment(path: str | Path) -> tuple[EfficiencyExperiment, Path, list[dict[str, str]]]:
+    """Check an efficiency file without building models: its schema, every row's model spec (names,
+    options; `risbench.spec.validate_spec`) and its paper row. Returns the file, the paper table's path
+    and each row's paper row."""
     exp, paper_path = load_experiment(path)
     paper = load_paper_tables(paper_path)
-    # check every row against the paper table before spending time on models
     papers = [paper_row(paper, r.table, r.variant, r.encoder) for r in exp.rows]
+    for i, row in enumerate(exp.rows):
+        validate_spec(resolve_model_spec(row.model, row.set), f"{path}: rows[{i}] ({row.table} {row.variant})")
+    return exp, paper_path, papers
+
+
+def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress: Any = None) -> list[dict[str, Any]]:
+    """Measure every row, write DIR/efficiency.{csv,md,json}; returns the table rows."""
+    # every row checked (spec, paper row) before spending time on models
+    exp, paper_path, papers = validate_experiment(path)
     table_rows, measurements, image_sizes = [], [], []
     for i, (row, ref) in enumerate(zip(exp.rows, papers, strict=True)):
         where = f"{path}: rows[{i}] ({row.table} {row.variant})"

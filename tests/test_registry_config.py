@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from risbench.config import PROJECT_ROOT, find_preset, to_dataclass
+from risbench.config import PROJECT_ROOT, find_preset, read_yaml, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError
 from risbench.registry import DECODERS, ENCODERS, FPNS, Registry
 from risbench.spec import apply_overrides, load_config
@@ -121,8 +121,13 @@ def test_shipped_run_configs_validate(path):
     "path", sorted(PROJECT_ROOT.glob("experiments/**/*.yaml")), ids=lambda p: str(p.relative_to(PROJECT_ROOT))
 )
 def test_shipped_experiments_validate(path):
+    """Every experiment file validates: a sweep (`runs` / `base`, `risbench run`) or an efficiency file
+    (`rows`, `risbench efficiency`), each against its own schema, the registries and the presets."""
+    from risbench import efficiency
     from risbench.runner.experiment import load_experiment
 
-    if path.name == "efficiency.yaml":  # read by `risbench efficiency`, not `risbench run`
-        pytest.skip("efficiency experiment")
-    assert load_experiment(path).runs
+    if "rows" in read_yaml(path):
+        exp, _, papers = efficiency.validate_experiment(path)
+        assert exp.rows and len(papers) == len(exp.rows)
+    else:
+        assert load_experiment(path).runs

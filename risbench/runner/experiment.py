@@ -37,6 +37,7 @@ from risbench.config import parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.runner.resolve import RUN_SECTIONS, key_exists, resolve_base, validate_run_config
 from risbench.spec import MODEL_KEYS, full_key, load_config, merge, resolve_model, set_key
+from risbench.train.config import comparable
 
 # Paper table columns (names as in registry/paper_tables.csv).
 COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
@@ -102,8 +103,6 @@ class Run:
 
     @property
     def config_hash(self) -> str:
-        from risbench.train.config import comparable
-
         return config_hash(comparable(self.config))
 
     def __post_init__(self) -> None:

@@ -68,3 +68,18 @@ def test_trait_mismatch_names_both_sides() -> None:
     check_traits("fpn", "shared", frozenset({"text_tokens"}), "encoder", "e", frozenset({"text_tokens", "x"}))
     with pytest.raises(IncompatibleError, match="fpn 'shared' needs joint_tokens but encoder 'swin' provides multi"):
         check_traits("fpn", "shared", frozenset({"joint_tokens"}), "encoder", "swin", frozenset({"multi_scale"}))
+
+
+def test_one_definition_each_of_set_rename_and_validation() -> None:
+    """`--set`, the rename rule and spec validation are written once, in risbench/spec.py."""
+    import re
+
+    from risbench.config import PROJECT_ROOT
+
+    sources = {p: p.read_text() for p in (PROJECT_ROOT / "risbench").rglob("*.py")}
+    for name in ("set_key", "replaces", "validate_spec", "check_traits"):
+        defined = [p.name for p, text in sources.items() if re.search(rf"^def {name}\(", text, re.M)]
+        assert defined == ["spec.py"], (name, defined)
+    # the rule's comparison of component names appears nowhere else
+    rule = re.compile(r"""\.get\(["']name["']\) !=""")
+    assert [p.name for p, text in sources.items() if rule.search(text)] == ["spec.py"]

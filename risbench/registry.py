@@ -42,8 +42,12 @@ class Registry:
 
     def _load_builtins(self) -> None:
         if not self._loaded:
-            self._loaded = True
-            importlib.import_module(self.builtins)
+            self._loaded = True  # first, so that the package's own registrations do not recurse
+            try:
+                importlib.import_module(self.builtins)
+            except BaseException:
+                self._loaded = False  # a broken component module fails every lookup, not only the first
+                raise
 
     def register(self, name: str, *, config: type | None = None) -> Callable[[Any], Any]:
         """Decorator: register a class or function under `name`, optionally with a config dataclass."""

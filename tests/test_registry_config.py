@@ -131,3 +131,14 @@ def test_shipped_experiments_validate(path):
         assert exp.rows and len(papers) == len(exp.rows)
     else:
         assert load_experiment(path).runs
+
+
+def test_a_registry_loads_its_builtins_on_first_lookup_and_retries_after_a_failure() -> None:
+    import sys
+
+    reg = Registry("thing", builtins="risbench_no_such_package")
+    for _ in range(2):  # a failed import is not remembered as loaded
+        with pytest.raises(ModuleNotFoundError):
+            reg.names()
+    assert "risbench_no_such_package" not in sys.modules
+    assert Registry("thing").names() == []  # no built-ins: nothing to import

@@ -21,6 +21,13 @@ from typing import Any
 import torch
 
 from risbench.errors import RisbenchError
+from risbench.io import device_info, git_info, package_versions
+from risbench.models.segmenter import build_segmenter
+from risbench.spec import resolve_model_spec
+from risbench.train.config import TrainConfig
+from risbench.train.evaluate import autocast_context, uses_bf16
+from risbench.train.losses import build_loss
+from risbench.train.optim import build_optimizer, optimization_step
 
 MODES = ("train", "infer")
 
@@ -44,13 +51,6 @@ def benchmark_step(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
-    from risbench.train.config import TrainConfig
-    from risbench.train.evaluate import autocast_context, uses_bf16
-    from risbench.train.losses import build_loss
-    from risbench.train.optim import build_optimizer, optimization_step
-    from risbench.train.provenance import device_info, git_info, package_versions
-
     if mode not in MODES:
         raise RisbenchError(f"--mode: expected one of {', '.join(MODES)}, got '{mode}'")
     if steps < 1 or warmup < 0 or batch_size < 1:

@@ -1,8 +1,7 @@
-"""Plain-YAML configs: `include:` inheritance, `--set a.b=c` overrides, validation into dataclasses."""
+"""YAML files, `--set` item parsing, validation of mappings into dataclasses, and preset lookup in `registry/`."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
@@ -41,42 +40,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `update` into a copy of `base`: dicts merge, everything else (lists too) replaces.
-
-    A nested mapping that names a different component (`name:`) replaces the inherited one instead of
-    merging into it (its options belong to the old component), as `--set fpn.name=...` does: a preset
-    with `include: shared-ris-b.yaml` and `fpn: {name: cris}` gets CRIS's defaults, not the Shared FPN's
-    `dim` / `num_heads`."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        old = out.get(key)
-        renamed = (
-            isinstance(old, dict) and isinstance(value, dict) and "name" in value and old.get("name") != value["name"]
-        )
-        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Load a YAML file, resolving `include:` (a path or list of paths, relative to the file) first."""
-    path = Path(path).resolve()
-    if path in _seen:
-        raise RisbenchError(f"{path}: include cycle through {' -> '.join(str(p) for p in _seen)}")
-    data = read_yaml(path)
-    includes = data.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    merged: dict[str, Any] = {}
-    for inc in includes:
-        inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-        merged = merge(merged, load_config(inc_path, (*_seen, path)))
-    return merge(merged, data)
-
-
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b=3' -> (['a', 'b'], 3); the value is parsed with yaml.safe_load."""
     if "=" not in item:
@@ -89,24 +52,6 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
-
-
-def apply_overrides(cfg: dict[str, Any], overrides: list[str] | None, strict: bool = True) -> dict[str, Any]:
-    """Apply `--set` items to a copy of `cfg`. With `strict`, the top-level section must exist (a typo
-    there fails here); deeper keys may create sections, and dataclass validation rejects unknown ones."""
-    out = copy.deepcopy(cfg)
-    for item in overrides or []:
-        parts, value = parse_override(item)
-        node = out
-        for depth, part in enumerate(parts[:-1]):
-            if part not in node or not isinstance(node[part], dict):
-                if strict and depth == 0 and part not in node:
-                    where = ".".join(parts[:depth]) or "the top level"
-                    raise UnknownNameError(f"--set {item}: " + unknown_name_message(f"key under {where}", part, node))
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return out
 
 
 # PyYAML follows YAML 1.1, where "4e-4" (no dot) is a string, not a float; a float field accepts it.

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,9 @@ import yaml
 from risbench.config import PROJECT_ROOT, read_yaml, registry_dir, to_dataclass
 from risbench.errors import RisbenchError
 from risbench.flops import COMPONENTS, CONVENTION, giga, measure, millions
+from risbench.io import atomic_write_text, git_text
+from risbench.models.segmenter import build_segmenter
+from risbench.spec import resolve_model_spec, validate_spec
 
 PARAMS_ABS_TOL_M = 1.0  # params: within max(1M, 10%) of the paper
 PARAMS_REL_TOL = 0.10
@@ -174,14 +176,22 @@ def _compared(result: dict[str, Any], component: str) -> tuple[int, int]:
     return part["params"], part["flops"]
 
 
-def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress: Any = None) -> list[dict[str, Any]]:
-    """Measure every row, write DIR/efficiency.{csv,md,json}; returns the table rows."""
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
-
+def validate_experiment(path: str | Path) -> tuple[EfficiencyExperiment, Path, list[dict[str, str]]]:
+    """Check an efficiency file without building models: its schema, every row's model spec (names,
+    options; `risbench.spec.validate_spec`) and its paper row. Returns the file, the paper table's path
+    and each row's paper row."""
     exp, paper_path = load_experiment(path)
     paper = load_paper_tables(paper_path)
-    # check every row against the paper table before spending time on models
     papers = [paper_row(paper, r.table, r.variant, r.encoder) for r in exp.rows]
+    for i, row in enumerate(exp.rows):
+        validate_spec(resolve_model_spec(row.model, row.set), f"{path}: rows[{i}] ({row.table} {row.variant})")
+    return exp, paper_path, papers
+
+
+def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress: Any = None) -> list[dict[str, Any]]:
+    """Measure every row, write DIR/efficiency.{csv,md,json}; returns the table rows."""
+    # every row checked (spec, paper row) before spending time on models
+    exp, paper_path, papers = validate_experiment(path)
     table_rows, measurements, image_sizes = [], [], []
     for i, (row, ref) in enumerate(zip(exp.rows, papers, strict=True)):
         where = f"{path}: rows[{i}] ({row.table} {row.variant})"
@@ -218,19 +228,6 @@ def run_efficiency(path: str | Path, out_dir: str | Path, command: str, progress
     return table_rows
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _header(exp: EfficiencyExperiment, paper_path: Path, command: str, image_sizes: list[int]) -> list[tuple[str, str]]:
     import fvcore
     import torch
@@ -249,7 +246,7 @@ def _header(exp: EfficiencyExperiment, paper_path: Path, command: str, image_siz
     params_tol = f"max({PARAMS_ABS_TOL_M:g}M, {PARAMS_REL_TOL:.0%})"
     header = [
         ("command", command),
-        ("produced", f"{now} on {platform.node()} ({os.cpu_count()} CPUs), git {_git_commit()}, {versions}"),
+        ("produced", f"{now} on {platform.node()} ({os.cpu_count()} CPUs), git {git_text()}, {versions}"),
         ("input size", size_text),
         ("text length", f"{exp.text_len} (the full tokenised length incl. <s> and </s>, no padding)"),
         ("batch size", str(exp.batch_size)),
@@ -284,6 +281,4 @@ def _write_outputs(
         "efficiency.json": json.dumps(payload, indent=2) + "\n",
     }
     for name, text in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)

@@ -4,10 +4,12 @@ unknown names get "did you mean")."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from risbench.config import to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 
 
@@ -26,11 +28,26 @@ class Entry:
 
 
 class Registry:
-    """Maps names to factories for one kind of component (encoder, fpn, decoder, dataset, ...)."""
+    """Maps names to factories for one kind of component (encoder, fpn, decoder, dataset, ...).
 
-    def __init__(self, kind: str) -> None:
+    `builtins` names the package (or module) that holds the built-in components of this kind. It is
+    imported on the first lookup, so that its `@register` decorators have run; the registry itself imports
+    nothing above it, and a lookup in FPNS loads the FPNs, not the trainer."""
+
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
+        self.builtins = builtins
         self._entries: dict[str, Entry] = {}
+        self._loaded = builtins is None
+
+    def _load_builtins(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first, so that the package's own registrations do not recurse
+            try:
+                importlib.import_module(self.builtins)
+            except BaseException:
+                self._loaded = False  # a broken component module fails every lookup, not only the first
+                raise
 
     def register(self, name: str, *, config: type | None = None) -> Callable[[Any], Any]:
         """Decorator: register a class or function under `name`, optionally with a config dataclass."""
@@ -45,27 +62,25 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         """The entry for `name`; an unknown name raises with the known names and the closest match."""
-        _load_builtin_components()
+        self._load_builtins()
         if name not in self._entries:
             raise UnknownNameError(unknown_name_message(self.kind, name, self._entries))
         return self._entries[name]
 
     def names(self) -> list[str]:
-        _load_builtin_components()
+        self._load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        _load_builtin_components()
+        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry]:
-        _load_builtin_components()
+        self._load_builtins()
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
     def make_config(self, name: str, params: dict[str, Any], where: str) -> Any:
         """Validate `params` into the entry's config dataclass; unknown keys name the closest field."""
-        from risbench.config import to_dataclass
-
         entry = self.get(name)
         if entry.config is None:
             if params:
@@ -74,13 +89,13 @@ class Registry:
         return to_dataclass(entry.config, params, where)
 
 
-ENCODERS = Registry("encoder")
-FPNS = Registry("fpn")
-DECODERS = Registry("decoder")
-DATASETS = Registry("dataset")
-LOSSES = Registry("loss")
-METRICS = Registry("metric")
-OBJECTIVES = Registry("pretraining objective")
+ENCODERS = Registry("encoder", "risbench.models.encoders")
+FPNS = Registry("fpn", "risbench.models.fpn")
+DECODERS = Registry("decoder", "risbench.models.decoders")
+DATASETS = Registry("dataset", "risbench.data")
+LOSSES = Registry("loss", "risbench.train.losses")
+METRICS = Registry("metric", "risbench.train.metrics")
+OBJECTIVES = Registry("pretraining objective", "risbench.models.encoders")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
@@ -91,20 +106,6 @@ REGISTRIES: dict[str, Registry] = {
     "metrics": METRICS,
     "objectives": OBJECTIVES,
 }
-
-_loaded = False
-
-
-def _load_builtin_components() -> None:
-    """Import the built-in component packages once, so their decorators run (lazily, on first lookup)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-
-    for module in ("risbench.models", "risbench.data", "risbench.train"):
-        importlib.import_module(module)
 
 
 def config_fields(config: type | None) -> list[str]:

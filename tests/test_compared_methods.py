@@ -202,7 +202,8 @@ def test_dmmi_unused_template_layers_counted():
     ],
 )
 def test_segmenter_end_to_end(part, opts):
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
 
     spec = resolve_model_spec("shared-ris-tiny", ["encoder.image_size=64", "encoder.patch_size=16"])
     spec[part] = opts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import with_extra_padding
 
 from risbench.errors import RisbenchError
 from risbench.models.bi_attention import BiAttentionBlock
@@ -38,14 +39,6 @@ def with_other_words(feats: EncoderFeatures, seed: int = 1) -> EncoderFeatures:
     g = torch.Generator().manual_seed(seed)
     text = [torch.cat([t[:, :1], torch.randn(t[:, 1:].shape, generator=g)], 1) for t in feats.text]
     return EncoderFeatures(feats.visual, text, feats.text_pad_mask, feats.visual_cls)
-
-
-def with_extra_padding(feats: EncoderFeatures, extra: int = 3) -> EncoderFeatures:
-    """Three more padded positions holding large garbage: a padding-invariant module must not notice."""
-    g = torch.Generator().manual_seed(7)
-    text = [torch.cat([t, 100 * torch.randn(B, extra, t.shape[-1], generator=g)], 1) for t in feats.text]
-    mask = torch.cat([feats.text_pad_mask, torch.ones(B, extra, dtype=torch.bool)], 1)
-    return EncoderFeatures(feats.visual, text, mask, feats.visual_cls)
 
 
 def build(fpn: tuple[str, dict], dec: tuple[str, dict], spec: FeatureSpec | None = None):

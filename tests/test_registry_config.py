@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from risbench.config import PROJECT_ROOT, apply_overrides, find_preset, load_config, to_dataclass
+from risbench.config import PROJECT_ROOT, find_preset, read_yaml, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError
 from risbench.registry import DECODERS, ENCODERS, FPNS, Registry
+from risbench.spec import apply_overrides, load_config
 
 
 def test_registry_register_get_and_duplicates():
@@ -120,8 +121,24 @@ def test_shipped_run_configs_validate(path):
     "path", sorted(PROJECT_ROOT.glob("experiments/**/*.yaml")), ids=lambda p: str(p.relative_to(PROJECT_ROOT))
 )
 def test_shipped_experiments_validate(path):
+    """Every experiment file validates: a sweep (`runs` / `base`, `risbench run`) or an efficiency file
+    (`rows`, `risbench efficiency`), each against its own schema, the registries and the presets."""
+    from risbench import efficiency
     from risbench.runner.experiment import load_experiment
 
-    if path.name == "efficiency.yaml":  # read by `risbench efficiency`, not `risbench run`
-        pytest.skip("efficiency experiment")
-    assert load_experiment(path).runs
+    if "rows" in read_yaml(path):
+        exp, _, papers = efficiency.validate_experiment(path)
+        assert exp.rows and len(papers) == len(exp.rows)
+    else:
+        assert load_experiment(path).runs
+
+
+def test_a_registry_loads_its_builtins_on_first_lookup_and_retries_after_a_failure() -> None:
+    import sys
+
+    reg = Registry("thing", builtins="risbench_no_such_package")
+    for _ in range(2):  # a failed import is not remembered as loaded
+        with pytest.raises(ModuleNotFoundError):
+            reg.names()
+    assert "risbench_no_such_package" not in sys.modules
+    assert Registry("thing").names() == []  # no built-ins: nothing to import

@@ -261,7 +261,7 @@ def test_print_backend_prints_torchrun_lines(
     assert len(lines) == 4 and fake.calls == []
     for line, run in zip(lines, load_experiment(path).runs, strict=True):
         config = tmp_path / "runs" / "mini" / run.run_id / "config.yaml"
-        assert line == f"torchrun --standalone --nproc-per-node 8 -m risbench.train.launch {config}"
+        assert line == f"torchrun --standalone --nproc-per-node 8 -m risbench.cli.launch {config}"
         assert yaml.safe_load(config.read_text())["seed"] == run.seed
 
 

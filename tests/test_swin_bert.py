@@ -294,8 +294,8 @@ OWN_PRESETS = [
 
 @pytest.mark.parametrize("preset", OWN_PRESETS)
 def test_presets_resolve_and_validate(preset):
-    from risbench.models.segmenter import resolve_model_spec
     from risbench.registry import DECODERS, FPNS
+    from risbench.spec import resolve_model_spec
 
     spec = resolve_model_spec(preset)
     for key, reg in (("encoder", ENCODERS), ("fpn", FPNS), ("decoder", DECODERS)):

@@ -1,1 +1,2 @@
-"""The `risbench` command line (typer). Each module in this package adds its commands via `register(app)`."""
+"""The `risbench` command line (typer). Each command module adds its commands via `register(app)`; `main`
+lists them; `launch` is `risbench train` for torchrun."""

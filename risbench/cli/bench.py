@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """ms/step, images/s and peak GPU memory of a training step or forward pass (random inputs, no data loading)."""
         from risbench.benchmark import benchmark_step
-        from risbench.train.checkpoint import atomic_write_json, atomic_write_text
+        from risbench.io import atomic_write_json, atomic_write_text
 
         console = Console()
         results = []

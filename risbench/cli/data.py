@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         import pandas as pd
 
         from risbench.data.synthref_analysis import breakdown
-        from risbench.train.checkpoint import atomic_write_text
+        from risbench.io import atomic_write_text
 
         if not csv_path.exists():
             raise RisbenchError(f"{csv_path} not found: write one with `risbench eval RUN_DIR --per-sentence`")

@@ -20,7 +20,8 @@ FORMATS = ("table", "csv", "json")
 def flops_report(model: str, overrides: list[str], image_size: int | None, text_len: int, batch_size: int) -> dict:
     """Build the model (random init unless its spec names weights) and measure it."""
     from risbench.flops import measure
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
 
     items = list(overrides)
     if image_size is not None:

@@ -1,15 +1,13 @@
-"""Entry point of the `risbench` command: builds the typer app from the command modules of this package
+"""Entry point of the `risbench` command: builds the typer app from the command modules listed here
 and turns user errors (RisbenchError) into one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 
 import typer
 
-import risbench.cli as cli_pkg
+from risbench.cli import bench, data, flops, listing, pretrain, run, table, train
 from risbench.errors import RisbenchError
 
 app = typer.Typer(
@@ -26,9 +24,8 @@ def _root() -> None:
     """Reproducible comparisons of fusion strategies for referring image segmentation."""
 
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__)):
-    if _module != "main":
-        importlib.import_module(f"risbench.cli.{_module}").register(app)
+for _module in (bench, data, flops, listing, pretrain, run, table, train):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,12 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(True, "--resume/--no-resume", help="continue an interrupted pretraining"),
     ) -> None:
         """Pretrain an encoder on image-text pairs (no masks) and export it in its official key layout."""
-        from risbench.config import apply_overrides
+        from risbench.spec import apply_overrides
+        from risbench.train.config import normalize_raw
         from risbench.train.pretrain import pretrain
         from risbench.train.pretrain_config import load_pretrain_config
 
-        raw = apply_overrides(load_pretrain_config(config), set_, strict=False)
+        raw = apply_overrides(normalize_raw(load_pretrain_config(config)), set_)
         command = " ".join(["risbench pretrain", config, *(f"--set {item}" for item in set_)])
         art = pretrain(raw, out, quiet=quiet, resume=resume, command=command)
         prov = art.provenance

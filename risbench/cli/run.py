@@ -1,29 +1,16 @@
-"""`risbench run FILE`: expand an experiment into runs, train/evaluate/measure them, write the table."""
+"""`risbench run FILE`: parse the options; `risbench.runner.run.run_experiment` does the rest."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from risbench.errors import RisbenchError
-
-BACKENDS = ("local", "print", "slurm")
-
-
-def _gpus(option: str) -> list[str] | None:
-    from risbench.runner.backends import free_gpus
-
-    if option == "none":
-        return None
-    if option == "auto":
-        return free_gpus() or None
-    return [g.strip() for g in option.split(",") if g.strip()]
-
 
 def register(app: typer.Typer) -> None:
+    """Add `risbench run` to `app`."""
+
     @app.command("run")
     def run_cmd(
         file: Path = typer.Argument(..., help="experiment file (experiments/*.yaml)"),
@@ -42,82 +29,23 @@ def register(app: typer.Typer) -> None:
         timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="slurm time limit per run (minutes)"),
     ) -> None:
         """Run an experiment: every run (variant x grid x seed) trained, evaluated and measured, then the table."""
-        from risbench.runner import backends, sweep
-        from risbench.runner.experiment import load_experiment, parse_shard, shard_runs
+        from risbench.runner.run import RunOptions, run_experiment
 
-        if backend not in BACKENDS:
-            raise RisbenchError(f"--backend: unknown backend '{backend}'; known: {', '.join(BACKENDS)}")
-        started = time.time()
-        console = Console()
-        exp = load_experiment(file, set_)
-        runs = shard_runs(exp.runs, parse_shard(shard))
-        command = sweep.command_line()
-
-        if dry_run:
-            console.print(sweep.dry_run_table(exp, runs, runs_dir))
-            return
-
-        if flops_only:
-            run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-            sweep.flops_only(exp, run_dirs, console)
-            table, out = sweep.write_results(
-                exp,
-                runs_dir,
-                results_dir,
-                command,
-                stem="flops",
-                seconds=time.time() - started,
-                columns=["params", "gflops"],
-            )
-            console.print(sweep.efficiency_table(table, f"{exp.name}: efficiency"))
-            console.print(table.caption, highlight=False)
-            console.print(f"wrote {out}/flops.{{csv,md,tex}}")
-            return
-
-        if backend == "print":
-            run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-            if exp.pretrain is not None and not exp.pretrain.exists():
-                print(f"# first, once: risbench pretrain {exp.pretrain.name.rsplit('-', 1)[0]}")
-            print(f"# {exp.name}: {len(run_dirs)} runs; after they finish: risbench table {runs_dir / exp.name}")
-            for line in backends.run_print(run_dirs, nproc):
-                print(line)
-            return
-
-        if exp.pretrain is not None:  # once, before any run trains; a finished artifact is reused
-            from risbench.runner.pretrained import ensure_pretrained
-
-            ensure_pretrained(exp.pretrain)
-        if backend == "slurm":
-            run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-            from risbench.runner.slurm import run_slurm
-
-            jobs = run_slurm(
-                run_dirs,
-                Path(runs_dir) / exp.name / ".submitit",
-                executor=executor,
-                nproc=nproc,
-                timeout_min=timeout_min,
-                partition=partition,
-                wait=wait,
-            )
-            ids = ", ".join(str(j.job_id) for j in jobs) or "none (all runs finished)"
-            console.print(f"submitted {len(jobs)} jobs: {ids}", highlight=False)
-            if not wait and jobs:
-                console.print(f"when they finish: risbench table {runs_dir / exp.name} --format latex")
-                return
-        else:
-            failed = sweep.run_sweep(exp, runs, runs_dir, gpus=_gpus(gpus))
-            if failed:
-                console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}[/red]")
-
-        table, out = sweep.write_results(exp, runs_dir, results_dir, command, seconds=time.time() - started)
-        console.print(f"wrote {out}/table.{{csv,md,tex}} and command.txt", highlight=False)
-        print(tables_markdown(table))
-        if backend == "local" and failed:
-            raise typer.Exit(1)
-
-
-def tables_markdown(table) -> str:
-    from risbench.runner.export import to_markdown
-
-    return to_markdown(table)
+        opts = RunOptions(
+            overrides=list(set_),
+            flops_only=flops_only,
+            shard=shard,
+            backend=backend,
+            dry_run=dry_run,
+            runs_dir=runs_dir,
+            results_dir=results_dir,
+            gpus=gpus,
+            nproc=nproc,
+            executor=executor,
+            wait=wait,
+            partition=partition,
+            timeout_min=timeout_min,
+        )
+        rc = run_experiment(file, opts, Console())
+        if rc:
+            raise typer.Exit(rc)

@@ -25,9 +25,9 @@ def register(app: typer.Typer) -> None:
         """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout: mean ± 95% t-interval
         over seeds, and each row's difference from the reference row (paired bootstrap 95% CI)."""
         from risbench.errors import RisbenchError
+        from risbench.io import atomic_write_text
         from risbench.runner.export import render
         from risbench.runner.tables import table_for_dir
-        from risbench.train.checkpoint import atomic_write_text
 
         if bootstrap < 0:
             raise RisbenchError(f"--bootstrap must be >= 0, got {bootstrap}")
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write the Markdown here (atomically) instead of stdout"),
     ) -> None:
         """Learning curves: the val oIoU / mIoU each run logged while training, side by side by step."""
-        from risbench.train.checkpoint import atomic_write_text
+        from risbench.io import atomic_write_text
         from risbench.train.curves import curves_markdown
 
         text = curves_markdown(list(run_dirs), list(name) or None)

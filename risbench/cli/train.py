@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train one run config (under torchrun: one DDP process group), then evaluate it."""
-        from risbench.config import load_config
+        from risbench.spec import load_config
         from risbench.train.api import train_run
         from risbench.train.config import apply_run_overrides
         from risbench.train.distributed import cleanup_distributed, env_world_size

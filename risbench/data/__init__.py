@@ -1,7 +1,4 @@
-"""Importing this package imports every module in it, so each module's @register decorators run."""
+"""Datasets (REFER layout, SynthRef), their transforms, tokenizers and collation. A new dataset is a new
+module here, added to this list."""
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from risbench.data import refer, synthref  # noqa: F401  (registers them)

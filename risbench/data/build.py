@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from risbench.config import find_preset, load_config, merge
+from risbench.config import find_preset
 from risbench.errors import RisbenchError
 from risbench.registry import DATASETS
+from risbench.spec import load_config, merge
 
 
 def resolve_data_config(data_cfg: str | dict[str, Any]) -> dict[str, Any]:

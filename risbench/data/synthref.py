@@ -14,6 +14,7 @@ import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
 from risbench.data.synthref_generate import caption, make_scene
+from risbench.data.synthref_render import render
 from risbench.data.synthref_scene import FLAVOURS, Scene
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.registry import DATASETS
@@ -156,8 +157,6 @@ class SynthRefDataset(RefDataset):
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image, labels) of scene `index` (the last one is kept: eval reads a scene's sentences in a row)."""
-        from risbench.data.synthref_render import render
-
         if self._rendered is None or self._rendered[0] != index:
             self._rendered = (index, *render(self.source.scene(index), self.cfg.image_size))
         return self._rendered[1], self._rendered[2]

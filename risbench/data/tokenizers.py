@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from risbench.errors import RisbenchError, unknown_name_message
+from risbench.io import atomic_write_path
 
 FAMILIES = ("sentencepiece", "wordpiece")
 
@@ -137,19 +135,6 @@ def _cache_key(family: str, texts: list[str], vocab_size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename (safe with several ranks racing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _train_sentencepiece(texts: list[str], vocab_size: int, out: Path) -> None:
     import io
 
@@ -249,14 +234,14 @@ def build_tokenizer(
     if family == "sentencepiece":
         file = cache_dir / f"spm-{key}.model"
         if not file.is_file():
-            _atomic_write(file, lambda p: _train_sentencepiece(train_texts, vocab_size, p))
+            atomic_write_path(file, lambda p: _train_sentencepiece(train_texts, vocab_size, p))
         tok = SentencePieceTokenizer(file, xlmr_offset=False, source=f"{file} ({how})")
     else:
         from tokenizers import Tokenizer as HFTokenizer
 
         file = cache_dir / f"wordpiece-{key}.json"
         if not file.is_file():
-            _atomic_write(file, lambda p: _train_wordpiece(train_texts, vocab_size, p))
+            atomic_write_path(file, lambda p: _train_wordpiece(train_texts, vocab_size, p))
         tok = WordPieceTokenizer(HFTokenizer.from_file(str(file)), source=f"{file} ({how})")
     if tok.vocab_size > vocab_size:  # cannot happen with the caps above; kept as a guard on library changes
         raise RisbenchError(f"{file}: trained vocabulary {tok.vocab_size} exceeds vocab_size {vocab_size}")
@@ -274,7 +259,7 @@ def save_tokenizer(tok: Tokenizer, directory: Path) -> Path:
         if tok.xlmr_offset:
             raise RisbenchError(f"{tok.describe()}: an XLM-R SentencePiece file is shipped as it is, not copied")
         data = tok.sp.serialized_model_proto()
-        _atomic_write(path, lambda p: p.write_bytes(data))
+        atomic_write_path(path, lambda p: p.write_bytes(data))
     else:
-        _atomic_write(path, lambda p: tok.tok.save(str(p)))
+        atomic_write_path(path, lambda p: tok.tok.save(str(p)))
     return path

@@ -1,3 +1,1 @@
-"""Model components. Importing this package registers the built-in encoders, FPNs and decoders."""
-
-from risbench.models import decoders, encoders, fpn  # noqa: F401  (registration side effects)
+"""Model components: encoders, FPNs and decoders (each subpackage lists its built-ins), and the Segmenter."""

@@ -1,7 +1,7 @@
 """Grounding DINO's bi-directional image-text attention block, as a reusable module.
 
 Source read (not copied): `IDEA-Research/GroundingDINO@856dde20:groundingdino/models/GroundingDINO/fuse_modules.py`
-(`BiMultiHeadAttention`, `BiAttentionBlock`) and `transformer.py` (how it is sized). Summary in seed_specs §1.6.
+(`BiMultiHeadAttention`, `BiAttentionBlock`) and `transformer.py` (how it is sized). Decisions in docs/decisions.md §2.
 
 What the original does, and what we keep:
 - pre-LN on each modality, then six linears: `v_proj`/`l_proj` give the *shared* query/key logits, `values_v_proj`/

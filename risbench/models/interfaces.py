@@ -13,7 +13,7 @@ with a message that names both sides. Vocabulary:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +92,9 @@ class Encoder(nn.Module):
     weights: str  # "random" or the path the weights came from
     # the OBJECTIVES name `risbench pretrain` uses for this family when the config names none
     pretrain_objective: ClassVar[str | None] = None
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) excluded from weight decay."""
@@ -102,6 +105,9 @@ class FPN(nn.Module):
     """Base class of FPNs/necks: `forward(EncoderFeatures) -> FusedFeatures`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
     out_spec: FusedSpec
 
 
@@ -109,6 +115,9 @@ class Decoder(nn.Module):
     """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    # options that build a small instance: the contract tests (tests/test_contracts.py) build every
+    # registered component with them, at CPU speed
+    tiny_options: ClassVar[dict[str, Any]] = {}
 
     def extra_losses(self, out: DecoderOutput, target: Tensor, batch: dict) -> dict[str, Tensor]:
         """Weighted auxiliary loss terms for training (CGFormer, DMMI); none by default.
@@ -137,11 +146,6 @@ class PretrainObjective(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
-
-
-def split_joint(tokens: Tensor, num_visual: int) -> tuple[Tensor, Tensor]:
-    """Split a joint sequence (B, N_v + N_t, D) into its visual and text parts."""
-    return tokens[:, :num_visual], tokens[:, num_visual:]
 
 
 def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:

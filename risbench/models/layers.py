@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -90,20 +89,5 @@ def masked_mean(tokens: Tensor, pad_mask: Tensor) -> Tensor:
     return (tokens * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
-def freeze(module: nn.Module) -> None:
-    """Turn off gradients for every parameter of `module`."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-
-
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def interpolate_like(x: Tensor, ref: Tensor) -> Tensor:
-    """Bilinear resize of x (B, C, h, w) to ref's spatial size."""
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def ones_mask(b: int, n: int, device: torch.device) -> Tensor:
-    return torch.ones(b, n, dtype=torch.bool, device=device)

@@ -67,12 +67,6 @@ def scale_exponent(scale: float) -> int:
     return int(round(k))
 
 
-def resampled_dim(in_dim: int, scale: float) -> int:
-    """Channels after the resampling step alone: halved by each transposed conv, kept by pooling."""
-    k = scale_exponent(scale)
-    return in_dim // (2**k) if k > 0 else in_dim
-
-
 class SimpleFeaturePyramid(nn.Module):
     """ViTDet's simple feature pyramid, one level per scale factor (e.g. (4, 2, 1, 0.5) -> strides /4..x2).
 

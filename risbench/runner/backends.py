@@ -21,8 +21,12 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
+from risbench.flops import measure
+from risbench.io import atomic_write_json
+from risbench.models.segmenter import build_segmenter
 from risbench.runner.progress import SweepProgress
-from risbench.train.checkpoint import atomic_write_json
+from risbench.spec import resolve_model_spec
+from risbench.train.api import train_run
 
 DEFAULT_TEXT_LEN = 20
 
@@ -56,9 +60,6 @@ def text_len_of(cfg: dict[str, Any]) -> int:
 
 def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
     """Build the run's model (random init, no data) and count params/FLOPs with risbench.flops.measure."""
-    from risbench.flops import measure
-    from risbench.models.segmenter import build_segmenter, resolve_model_spec
-
     spec = resolve_model_spec(cfg["model"])
     model = build_segmenter(spec)
     model.eval()
@@ -94,8 +95,7 @@ def expected_length(run_dir: Path) -> dict[str, Any]:
 
 
 def _train_fn() -> Callable[..., dict]:
-    from risbench.train.api import train_run
-
+    """The function that trains a run (the runner tests replace it with a fake)."""
     return train_run
 
 
@@ -248,7 +248,7 @@ def nproc_of(run_dir: Path, default: int = 1) -> int:
 
 def torchrun_line(run_dir: Path, nproc: int) -> str:
     return (
-        f"torchrun --standalone --nproc-per-node {nproc} -m risbench.train.launch "
+        f"torchrun --standalone --nproc-per-node {nproc} -m risbench.cli.launch "
         f"{shlex.quote(str(Path(run_dir) / 'config.yaml'))}"
     )
 

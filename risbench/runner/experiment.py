@@ -38,18 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from risbench.config import load_config, merge, parse_override, to_dataclass
+from risbench.config import parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
-from risbench.runner.resolve import (
-    MODEL_KEYS,
-    RUN_SECTIONS,
-    full_key,
-    key_exists,
-    resolve_base,
-    set_key,
-    validate_run_config,
-)
+from risbench.runner.resolve import RUN_SECTIONS, key_exists, resolve_base, validate_run_config
+from risbench.spec import MODEL_KEYS, full_key, load_config, merge, resolve_model, set_key
+from risbench.train.config import comparable
 
 # Paper table columns (names as in registry/paper_tables.csv).
 COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
@@ -123,8 +117,6 @@ class Run:
 
     @property
     def config_hash(self) -> str:
-        from risbench.train.config import comparable
-
         return config_hash(comparable(self.config))
 
     def __post_init__(self) -> None:
@@ -179,8 +171,6 @@ def _apply_variant(base: dict[str, Any], variant: RunVariant, where: str) -> dic
         if value is None:
             continue
         if section == "model" and (isinstance(value, str) or (isinstance(value, dict) and "preset" in value)):
-            from risbench.train.config import resolve_model
-
             try:
                 cfg["model"] = resolve_model(value)
             except RisbenchError as exc:
@@ -196,7 +186,7 @@ def _apply_variant(base: dict[str, Any], variant: RunVariant, where: str) -> dic
     # component renames first, so that options set beside them land on the new component
     items = sorted(variant.set.items(), key=lambda kv: not full_key(kv[0]).endswith(".name"))
     for key, value in items:
-        cfg = set_key(cfg, key, value, f"{where}.set.{key}")
+        cfg = set_key(cfg, full_key(key), value, f"{where}.set.{key}")
     return cfg
 
 
@@ -268,10 +258,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             cfg = vcfg
             parts = [variant.name] if variant.name else []
             for key, value in zip(grid, combo, strict=True):
-                cfg = set_key(cfg, key, value, f"{where}.grid.{key}")
+                cfg = set_key(cfg, full_key(key), value, f"{where}.grid.{key}")
                 parts.append(_grid_label(key, value))
             for keyparts, value in cli_overrides:
-                cfg = set_key(cfg, ".".join(keyparts), value, f"--set {'.'.join(keyparts)}")
+                cfg = set_key(cfg, full_key(".".join(keyparts)), value, f"--set {'.'.join(keyparts)}")
             name = "-".join(parts)
             if name in names:
                 raise RisbenchError(f"{where}: two runs expand to the same name '{name}'")

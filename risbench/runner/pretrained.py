@@ -35,6 +35,11 @@ class PretrainRef:
     steps: int
     objective: str
 
+    @property
+    def config_name(self) -> str:
+        """The pretraining config's own name (the artifact name without its hash)."""
+        return self.name.rsplit("-", 1)[0]
+
     def exists(self) -> bool:
         return find_artifact(self.name) is not None
 
@@ -101,7 +106,7 @@ def ensure_pretrained(ref: PretrainRef, *, quiet: bool = False) -> Pretrained:
     found = find_artifact(ref.name)
     if found is not None:
         return found
-    art = pretrain(ref.raw, ref.directory, quiet=quiet, command=f"risbench pretrain {ref.name.rsplit('-', 1)[0]}")
+    art = pretrain(ref.raw, ref.directory, quiet=quiet, command=f"risbench pretrain {ref.config_name}")
     if art is None or art.directory != ref.directory:  # cannot happen without interrupt_after
         raise RisbenchError(f"pretraining {ref.name} did not finish in {ref.directory}")
     return art

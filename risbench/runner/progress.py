@@ -1,5 +1,6 @@
-"""The sweep's progress view: runs done / running / left, each running run's step and loss (read from its
-train_log.jsonl), elapsed time and an estimate of the time left. A rich live view on a terminal; plain
+"""The sweep's progress view: runs done / running / left, with an estimate of the time left.
+
+Each running run's step and loss are read from its train_log.jsonl. A rich live view on a terminal; plain
 lines when stdout is not a TTY or CI=true."""
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from risbench.config import PROJECT_ROOT
+from risbench.io import atomic_write_json, atomic_write_text, git_text
 from risbench.runner import backends, export, tables
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.progress import SweepProgress
-from risbench.train.checkpoint import atomic_write_json, atomic_write_text
 
 
 def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]:
@@ -72,23 +70,6 @@ def dry_run_table(exp: Experiment, runs: list[Run], runs_dir: Path) -> Table:
     return table
 
 
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
-
-
 def machine() -> str:
     import torch
 
@@ -109,7 +90,7 @@ def provenance_text(command: list[str], exp: Experiment, runs_dir: Path, seconds
         f"runs: {Path(runs_dir) / exp.name}",
         f"date: {now}",
         f"machine: {machine()}",
-        f"git commit: {git_commit()}",
+        f"git commit: {git_text()}",
     ]
     if seconds is not None:
         lines.append(f"wall time of this invocation: {seconds:.0f} s")

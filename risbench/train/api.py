@@ -1,6 +1,8 @@
-"""Entry points for one run: `train_run` (train or resume or skip, then evaluate), `evaluate_run`
-(re-evaluate a run directory with other splits / threshold / resolution, or with swapped expressions),
-and `predict` (one image + one expression -> mask overlay).
+"""Entry points for one run directory: `train_run` (train or resume or skip, then evaluate), `evaluate_run`,
+`load_run`.
+
+`evaluate_run` re-evaluates a run directory with other splits / threshold / resolution, or with swapped
+expressions.
 
 A run directory holds:
   config.yaml        the resolved config (written first; the model is its full spec)
@@ -22,13 +24,13 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
-from risbench.train.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, seed_everything
+from risbench.io import atomic_write_json, atomic_write_text, provenance
+from risbench.train.checkpoint import load_checkpoint, seed_everything
 from risbench.train.components import Components, build_components, build_split, process_settings
 from risbench.train.config import RunConfig, comparable, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
 from risbench.train.metrics import SentenceResult
-from risbench.train.provenance import provenance
 from risbench.train.sentences import per_sentence_path, write_per_sentence
 from risbench.train.trainer import train
 

@@ -1,6 +1,7 @@
-"""What a run builds from its config before training or evaluation: process settings (determinism,
-threads), the model, the tokenizer (trained on the training expressions and cached when no file is
-given; rank 0 first), the collator and the datasets."""
+"""What a run builds from its config before training or evaluation.
+
+Process settings (determinism, threads), the model, the tokenizer (trained on the training expressions and
+cached when no file is given; rank 0 first), the collator and the datasets."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from risbench.config import PROJECT_ROOT
+from risbench.data.build import build_dataset, train_texts
+from risbench.data.collate import Collator
+from risbench.data.tokenizers import build_tokenizer
+from risbench.models.segmenter import build_segmenter
 from risbench.train.config import RunConfig
 from risbench.train.distributed import DistInfo, barrier
 
 
 def default_cache_dir() -> Path:
-    from risbench.config import PROJECT_ROOT
-
     return Path(os.environ.get("RISBENCH_CACHE", PROJECT_ROOT / ".cache"))
 
 
@@ -71,11 +75,6 @@ class Components:
 
 def build_components(cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> Components:
     """Model (on the device), tokenizer (rank 0 trains/caches it first) and collator."""
-    from risbench.data.build import train_texts
-    from risbench.data.collate import Collator
-    from risbench.data.tokenizers import build_tokenizer
-    from risbench.models.segmenter import build_segmenter
-
     model = build_segmenter(resolved["model"]).to(info.device)
     enc = model.encoder
     vocab = cfg.tokenizer.vocab_size or enc.vocab_size
@@ -94,8 +93,6 @@ def build_components(cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -
 
 
 def build_split(comp: Components, split: str, *, train: bool, seed: int):
-    from risbench.data.build import build_dataset
-
     enc = comp.model.encoder
     return build_dataset(
         comp.data_cfg,

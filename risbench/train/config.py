@@ -18,8 +18,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from risbench.config import apply_overrides, to_dataclass, to_dict
-from risbench.errors import RisbenchError
+from risbench.config import to_dataclass, to_dict
+from risbench.data.build import dataset_class_and_config, resolve_data_config
+from risbench.registry import LOSSES
+from risbench.spec import apply_overrides, resolve_model
 
 SCHEDULES = ("cosine", "linear", "constant", "poly")
 RESOLUTIONS = ("original", "input")
@@ -46,7 +48,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe. Defaults are the paper's (seed_specs §1.5)."""
+    """The optimisation recipe. Defaults are the paper's (docs/decisions.md §5)."""
 
     epochs: int = 35
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
@@ -87,7 +89,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: which splits, at what threshold and resolution (seed_specs §7.1)."""
+    """Evaluation: which splits, at what threshold and resolution (docs/decisions.md §6)."""
 
     splits: list[str] = field(default_factory=lambda: ["val"])
     val_split: str | None = "val"  # chooses checkpoints/best.pt (by oIoU); null = no validation
@@ -139,20 +141,14 @@ def normalize_raw(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_run_overrides(cfg: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """`--set` on a run config. Keys under model/data/train.loss may be new (they are checked when the
-    component is built); everything else must name an existing section."""
+    """`--set` on a run config (`risbench.spec.apply_overrides`). The sections exist beforehand, so that
+    `train.lr=...` sets a default field and `model.fpn.dim=...` refines the model preset."""
     out = normalize_raw(cfg)
-    strict_items, loose_items = [], []
-    for item in overrides or []:
-        key = item.split("=", 1)[0]
-        (
-            loose_items if key.split(".")[0] in ("model", "data") or key.startswith("train.loss.") else strict_items
-        ).append(item)
-    # fill in the sections so that strict overrides of a default field work
+    out.setdefault("model", {"preset": RunConfig.model})
+    out.setdefault("data", {"preset": RunConfig.data})
     for section in ("train", "eval", "tokenizer"):
         out.setdefault(section, {})
-    out = apply_overrides(out, loose_items, strict=False)
-    return apply_overrides(out, strict_items, strict=True)
+    return apply_overrides(out, overrides)
 
 
 def _split_loss(train: dict[str, Any]) -> dict[str, Any]:
@@ -169,50 +165,13 @@ def _split_loss(train: dict[str, Any]) -> dict[str, Any]:
     return train
 
 
-def resolve_model(model: Any) -> dict[str, Any]:
-    """A run config's `model` (name, or mapping with optional `preset:`) as a complete model spec."""
-    from risbench.models.segmenter import resolve_model_spec
-
-    if isinstance(model, str):
-        return resolve_model_spec(model)
-    if not isinstance(model, dict):
-        raise RisbenchError(f"model: expected a preset name or a mapping, got {model!r}")
-    model = copy.deepcopy(model)
-    preset = model.pop("preset", None)
-    if preset is None:
-        return resolve_model_spec(model)
-    sections = {k: v for k, v in model.items() if k in ("encoder", "fpn", "decoder")}
-    other = set(model) - set(sections)
-    if other:
-        raise RisbenchError(f"model: unknown key(s) {sorted(other)} next to 'preset'")
-    spec = resolve_model_spec(preset)
-    # a new component name drops the preset's options for that component
-    for key, section in sections.items():
-        if isinstance(section, dict) and "name" in section and section["name"] != spec.get(key, {}).get("name"):
-            spec[key] = {"name": section["name"]}
-    from risbench.config import merge
-
-    return merge(spec, sections)
-
-
-def resolve_data(data: Any) -> Any:
-    """A run config's `data` resolved as far as the data package allows (a preset name becomes its
-    mapping when `risbench.data` offers `resolve_data_config`)."""
-    try:
-        from risbench.data.build import resolve_data_config  # type: ignore[attr-defined]
-    except ImportError:
-        resolve_data_config = None
+def resolve_data(data: Any) -> dict[str, Any]:
+    """A run config's `data` as the dataset's complete options (its defaults filled in), so that
+    config.yaml says everything the data depends on."""
     if isinstance(data, dict) and set(data) == {"preset"}:
         data = data["preset"]
-    if resolve_data_config is None:
-        return copy.deepcopy(data)
     resolved = resolve_data_config(data)
-    try:  # fill in the dataset's defaults, so config.yaml says everything the data depends on
-        from risbench.data.build import dataset_class_and_config
-
-        _, dcfg = dataset_class_and_config(resolved)
-    except ImportError:
-        return resolved
+    _, dcfg = dataset_class_and_config(resolved)
     return {"name": resolved["name"], **(to_dict(dcfg) if dcfg is not None else {})}
 
 
@@ -226,8 +185,6 @@ def resolve_run_config(raw: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
         raw["train"] = _split_loss(raw["train"] or {})
     cfg = to_dataclass(RunConfig, raw, "run config")
     # validate the loss options now (unknown keys fail before any training)
-    from risbench.registry import LOSSES
-
     loss_cfg = LOSSES.make_config(cfg.train.loss.name, cfg.train.loss.options, "train.loss")
     cfg.train.loss.options = to_dict(loss_cfg) if loss_cfg is not None else {}
     resolved = to_dict(cfg)

@@ -1,4 +1,6 @@
-"""One run = one process group. `torchrun --standalone --nproc-per-node K -m risbench.train.launch CONFIG`
+"""One run = one process group: setup, the global batch sampler, gather / broadcast helpers.
+
+`torchrun --standalone --nproc-per-node K -m risbench.cli.launch CONFIG`
 (or `risbench train CONFIG` under torchrun) starts K processes; they find RANK / WORLD_SIZE /
 LOCAL_RANK in the environment. gloo on CPU, nccl on GPU; with world size 1 there is no process group
 and no DDP wrapper. Only rank 0 writes files.
@@ -14,10 +16,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+if TYPE_CHECKING:
+    from risbench.train.config import TrainConfig
 
 
 @dataclass
@@ -144,5 +150,18 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return max(0, len(self.global_batches()) - self.start_batch)
 
 
-def batches_per_epoch(num_samples: int, global_batch: int) -> int:
-    return num_samples // global_batch
+def wrap_ddp(model: nn.Module, tcfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """The model for training: SyncBatchNorm when asked (default: DDP on CUDA), in DDP when distributed."""
+    sync_bn = tcfg.sync_bn if tcfg.sync_bn is not None else (info.enabled and info.device.type == "cuda")
+    if sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not info.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[info.device.index] if info.device.type == "cuda" else None,
+        find_unused_parameters=tcfg.find_unused_parameters,
+        # static graph: tolerates parameters that never get a gradient (BEiT-3's MIM mask_token)
+        # without the per-step search of find_unused_parameters
+        static_graph=not tcfg.find_unused_parameters,
+    )

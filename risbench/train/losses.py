@@ -2,7 +2,7 @@
 weighted terms; the trainer sums them with the decoder's `extra_losses` terms.
 
 `bce_dice` is the Shared-RIS loss L = 2.0 BCE + 0.5 Dice (seed000 §III-D). Decisions for what the
-paper leaves open (seed_specs §1.5 FLAG):
+paper leaves open (docs/decisions.md §5 FLAG):
   - resolution: the loss is taken at the logits' resolution (S/4), with the ground truth resized to it
     by nearest-neighbour interpolation (CRIS-style; `resize_target`). Cheaper than upsampling logits.
   - BCE: mean over all pixels of the batch, computed from logits (`binary_cross_entropy_with_logits`,

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from risbench.train.config import TrainConfig
+from risbench.train.evaluate import autocast_context
+from risbench.train.losses import resize_target
 
 
 def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = None) -> list[dict[str, Any]]:
@@ -105,9 +107,6 @@ def optimization_step(
     """One step of the recipe on `batch` (image, text_ids, text_pad_mask, mask): forward under the run's
     autocast, the loss plus the decoder's auxiliary terms at the logits' resolution, backward, gradient
     clipping, optimizer step. Returns the loss and its terms; a non-finite loss raises before the update."""
-    from risbench.train.evaluate import autocast_context
-    from risbench.train.losses import resize_target
-
     image = batch["image"].to(device, non_blocking=True)
     ids = batch["text_ids"].to(device, non_blocking=True)
     pad = batch["text_pad_mask"].to(device, non_blocking=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from risbench.data.transforms import ResizeNormalize, unmap_prediction
 from risbench.errors import RisbenchError
 from risbench.train.api import load_run
 from risbench.train.distributed import DistInfo
@@ -25,8 +26,6 @@ def predict(
     """Segment `expression` in one image with a trained run; save the mask overlaid on the image."""
     import numpy as np
     from PIL import Image
-
-    from risbench.data.transforms import ResizeNormalize, unmap_prediction
 
     cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo())
     threshold = cfg.eval.threshold if threshold is None else threshold

@@ -28,24 +28,15 @@ import yaml
 
 from risbench.config import PROJECT_ROOT
 from risbench.errors import IncompatibleError, RisbenchError
+from risbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance
 from risbench.registry import ENCODERS, OBJECTIVES
-from risbench.train.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from risbench.train.components import default_cache_dir, process_settings
 from risbench.train.distributed import GlobalBatchSampler, env_world_size, init_distributed
 from risbench.train.evaluate import autocast_context
 from risbench.train.optim import LRSchedule, build_optimizer
 from risbench.train.pretrain_config import PretrainConfig, config_hash, resolve_pretrain_config
 from risbench.train.progress import Progress, truncate_log, use_quiet
-from risbench.train.provenance import provenance
 
 PROVENANCE_FILE = "pretrain.json"
 PROVENANCE_SCHEMA = 1

@@ -9,10 +9,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from risbench.config import find_preset, load_config, to_dataclass, to_dict
+from risbench.config import find_preset, to_dataclass, to_dict
 from risbench.errors import RisbenchError
 from risbench.registry import ENCODERS, OBJECTIVES
-from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, resolve_data, resolve_model
+from risbench.spec import load_config, resolve_model
+from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, resolve_data
 
 # keys that do not change what pretraining computes (left out of the hash)
 VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,19 @@ from risbench.errors import RisbenchError
 from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from risbench.train.components import Components, build_split
 from risbench.train.config import RunConfig
-from risbench.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, broadcast_object
-from risbench.train.evaluate import evaluate_dataset
+from risbench.train.distributed import DistInfo, GlobalBatchSampler, barrier, broadcast_object, wrap_ddp
+from risbench.train.hooks import CheckpointHook, HookBase, LoggingHook, ProgressHook, ValidationHook
 from risbench.train.losses import build_loss
 from risbench.train.optim import LRSchedule, NonFiniteLoss, build_optimizer, optimization_step
-from risbench.train.progress import Progress, truncate_log, use_quiet
+from risbench.train.progress import Progress, truncate_log
 
 CHECKPOINT_VERSION = 1
 
 
 @dataclass
 class TrainState:
+    """What a checkpoint holds of the loop besides model, optimizer and schedule (resumes continue from it)."""
+
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -49,6 +52,7 @@ class TrainState:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -105,179 +109,176 @@ def train(
         state.done = True
         return state
 
-    sync_bn = tcfg.sync_bn if tcfg.sync_bn is not None else (info.enabled and info.device.type == "cuda")
-    if sync_bn and info.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = (
-        nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=tcfg.find_unused_parameters,
-            # static graph: tolerates parameters that never get a gradient (BEiT-3's MIM mask_token)
-            # without the per-step search of find_unused_parameters
-            static_graph=not tcfg.find_unused_parameters,
-        )
-        if info.enabled
-        else model
+    loop = TrainLoop(
+        cfg=cfg,
+        resolved=resolved,
+        info=info,
+        comp=comp,
+        model=wrap_ddp(model, tcfg, info),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        schedule=schedule,
+        state=state,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        ckpt_dir=ckpt_dir,
+        log_path=log_path,
     )
-    base = unwrap(ddp)
-    decoder = base.decoder
-    ddp.train()
+    hooks = [LoggingHook(), ProgressHook(quiet), ValidationHook(), CheckpointHook(interrupt_after)]
+    return loop.run(hooks)
 
-    def save(path: Path) -> None:
-        if info.is_main:
+
+@dataclass
+class TrainLoop:
+    """The loop over optimizer steps; what happens around the steps is in its hooks (risbench.train.hooks).
+
+    After each step the loop sets `lr`, `loss`, `terms`, `step_seconds`, `batch_epoch` (the epoch the batch
+    came from), `last_step` and `epoch_end`, then calls every hook's `after_step` in order."""
+
+    cfg: RunConfig
+    resolved: dict[str, Any]
+    info: DistInfo
+    comp: Components
+    model: nn.Module  # the DDP wrapper when distributed
+    loss_fn: Callable[..., Any]
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    state: TrainState
+    train_ds: Any
+    val_ds: Any
+    total_steps: int
+    steps_per_epoch: int
+    ckpt_dir: Path
+    log_path: Path
+    # per step, written by the loop and its hooks
+    lr: float = 0.0
+    loss: Any = None
+    terms: dict[str, Any] = field(default_factory=dict)
+    step_seconds: float = 0.0
+    t_last: float = 0.0
+    batch_epoch: int = 0
+    last_step: bool = False
+    epoch_end: bool = False
+    record: dict[str, Any] | None = None
+    validated: bool = False
+    interrupted: bool = False
+    progress: Progress | None = None
+
+    @property
+    def base(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        return unwrap(self.model)
+
+    def save(self, path: Path) -> None:
+        """Checkpoint the loop (model, optimizer, schedule, state, RNG, config) to `path` on rank 0."""
+        if self.info.is_main:
             save_checkpoint(
                 path,
                 {
                     "version": CHECKPOINT_VERSION,
-                    "model": base.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "state": state.__dict__,
+                    "model": self.base.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "state": self.state.__dict__,
                     "rng": rng_state(),
-                    "config": resolved,
+                    "config": self.resolved,
                 },
             )
-        barrier(info)
+        barrier(self.info)
 
-    def validate() -> None:
-        metrics, _ = evaluate_dataset(
-            base,
-            val_ds,
-            comp.collator,
-            info,
-            threshold=cfg.eval.threshold,
-            resolution=cfg.eval.resolution,
-            batch_size=cfg.eval.batch_size,
-            amp=tcfg.amp,
-            max_samples=tcfg.val_max_samples,
-        )
-        entry = {
-            "step": state.step,
-            "epoch": state.epoch,
-            "train_seconds": round(state.train_seconds, 3),
-            "val": {
-                "split": cfg.eval.val_split,
-                "threshold": cfg.eval.threshold,
-                "resolution": cfg.eval.resolution,
-                "num_sentences": metrics["num_sentences"],
-                "oIoU": metrics["oIoU"],
-                "mIoU": metrics["mIoU"],
-            },
-        }
-        state.history.append(entry)
-        if info.is_main:
-            with log_path.open("a") as f:
+    def write_log(self, entry: dict[str, Any]) -> None:
+        """Append one JSON line to train_log.jsonl (rank 0)."""
+        if self.info.is_main:
+            with self.log_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-        progress.message(
-            f"val {cfg.eval.val_split} step {state.step}: oIoU {metrics['oIoU']:.2f} mIoU {metrics['mIoU']:.2f}"
+
+    def run(self, hooks: list[HookBase]) -> TrainState:
+        """Run the steps left, with `hooks`; returns the state (`done` False when a hook interrupted)."""
+        for hook in hooks:
+            hook.loop = self
+        self.model.train()
+        try:
+            for hook in hooks:
+                hook.before_train()
+            while True:
+                for batch in self._epoch_loader():
+                    self._step(batch)
+                    for hook in hooks:
+                        hook.after_step()
+                    if self.last_step or self.interrupted:
+                        return self.state
+                    if self.epoch_end:
+                        break
+                else:  # the loader yielded nothing: cannot happen with steps_per_epoch >= 1
+                    raise RuntimeError(f"empty epoch {self.state.epoch} at step {self.state.step}")
+        finally:
+            for hook in hooks:
+                hook.after_train()
+
+    def _epoch_loader(self) -> torch.utils.data.DataLoader:
+        """The rest of the current epoch: its data order depends only on (seed, epoch)."""
+        cfg, state, info = self.cfg, self.state, self.info
+        self.batch_epoch = state.epoch
+        if hasattr(self.train_ds, "set_epoch"):
+            self.train_ds.set_epoch(state.epoch)
+        sampler = GlobalBatchSampler(
+            len(self.train_ds),
+            cfg.train.batch_size,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=cfg.seed,
+            epoch=state.epoch,
+            start_batch=state.batch_in_epoch,
         )
-        if state.best_score is None or metrics["oIoU"] > state.best_score:
-            state.best_score = metrics["oIoU"]
-            state.best_step = state.step
-            save(ckpt_dir / "best.pt")
+        gen = torch.Generator()
+        gen.manual_seed(cfg.seed * 1000 + state.epoch)
+        loader = torch.utils.data.DataLoader(
+            self.train_ds,
+            batch_sampler=sampler,
+            num_workers=cfg.train.num_workers,
+            collate_fn=self.comp.collator,
+            generator=gen,
+            pin_memory=info.device.type == "cuda",
+        )
+        self.t_last = time.perf_counter()
+        return loader
 
-    progress = Progress(total_steps, info.is_main, use_quiet(quiet))
-    progress.update(state.step, None)
-    budget = tcfg.max_minutes * 60.0 if tcfg.max_minutes else None
-    window: dict[str, float] = {}
-    window_steps, window_time = 0, 0.0
-    stop = False
-    try:
-        while not stop:
-            epoch = state.epoch
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
-            sampler = GlobalBatchSampler(
-                len(train_ds),
-                tcfg.batch_size,
-                rank=info.rank,
-                world_size=info.world_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                start_batch=state.batch_in_epoch,
+    def _step(self, batch: dict[str, Any]) -> None:
+        """One optimizer step, then the step counters, the clock and whether this was the last step."""
+        tcfg, state = self.cfg.train, self.state
+        budget = tcfg.max_minutes * 60.0 if tcfg.max_minutes else None
+        self.lr = self.schedule.apply(self.optimizer, state.step, state.train_seconds / budget if budget else 0.0)
+        try:
+            self.loss, self.terms = optimization_step(
+                self.model,
+                self.base.decoder,
+                self.loss_fn,
+                self.optimizer,
+                batch,
+                self.info.device,
+                amp=tcfg.amp,
+                clip_grad=tcfg.clip_grad,
             )
-            gen = torch.Generator()
-            gen.manual_seed(cfg.seed * 1000 + epoch)
-            loader = torch.utils.data.DataLoader(
-                train_ds,
-                batch_sampler=sampler,
-                num_workers=tcfg.num_workers,
-                collate_fn=comp.collator,
-                generator=gen,
-                pin_memory=info.device.type == "cuda",
-            )
-            t_last = time.perf_counter()
-            for batch in loader:
-                lr = schedule.apply(optimizer, state.step, state.train_seconds / budget if budget else 0.0)
-                try:
-                    loss, terms = optimization_step(
-                        ddp, decoder, loss_fn, optimizer, batch, info.device, amp=tcfg.amp, clip_grad=tcfg.clip_grad
-                    )
-                except NonFiniteLoss as exc:
-                    raise RisbenchError(f"loss is {exc.value} at step {state.step + 1}; lower train.lr?") from None
+        except NonFiniteLoss as exc:
+            raise RisbenchError(f"loss is {exc.value} at step {state.step + 1}; lower train.lr?") from None
+        state.step += 1
+        state.batch_in_epoch += 1
+        now = time.perf_counter()
+        self.step_seconds = now - self.t_last
+        state.train_seconds += self.step_seconds
+        self.t_last = now
 
-                state.step += 1
-                state.batch_in_epoch += 1
-                now = time.perf_counter()
-                state.train_seconds += now - t_last
-                window_time += now - t_last
-                t_last = now
-                window_steps += 1
-                window["loss"] = window.get("loss", 0.0) + float(loss.detach())
-                for k, v in terms.items():
-                    window[f"loss_{k}"] = window.get(f"loss_{k}", 0.0) + float(v.detach())
-
-                last_step = state.step >= total_steps or (budget is not None and state.train_seconds >= budget)
-                if state.batch_in_epoch >= steps_per_epoch:
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    if not tcfg.max_steps and state.epoch >= tcfg.epochs:
-                        last_step = True
-                if budget is not None:  # all ranks must agree on stopping at a time budget
-                    last_step = bool(broadcast_object(last_step, info))
-                if state.step % max(1, tcfg.log_every) == 0 or last_step:
-                    means = all_reduce_mean({k: v / window_steps for k, v in window.items()}, info)
-                    record = {
-                        "step": state.step,
-                        "epoch": epoch,
-                        **{k: round(v, 6) for k, v in means.items()},
-                        "lr": lr,
-                        "samples_per_s": round(tcfg.batch_size * window_steps / max(window_time, 1e-9), 3),
-                        "s_per_step": round(window_time / window_steps, 4),
-                        "train_seconds": round(state.train_seconds, 3),
-                    }
-                    if info.is_main:
-                        with log_path.open("a") as f:
-                            f.write(json.dumps(record) + "\n")
-                    progress.update(state.step, record)
-                    window, window_steps, window_time = {}, 0, 0.0
-                else:
-                    progress.update(state.step, None)
-
-                epoch_end = state.batch_in_epoch == 0
-                do_val = val_ds is not None and (
-                    (tcfg.val_every and state.step % tcfg.val_every == 0)
-                    or (not tcfg.val_every and epoch_end)
-                    or last_step
-                )
-                if last_step:
-                    state.done = True
-                if do_val:
-                    validate()
-                    t_last = time.perf_counter()
-                if do_val or last_step or (tcfg.ckpt_every and state.step % tcfg.ckpt_every == 0):
-                    save(last)
-                if last_step:
-                    stop = True
-                    break
-                if interrupt_after is not None and state.step >= interrupt_after:
-                    save(last)
-                    return state
-                if epoch_end:
-                    break
-            else:  # the loader yielded nothing: cannot happen with steps_per_epoch >= 1
-                raise RuntimeError(f"empty epoch {state.epoch} at step {state.step}")
-    finally:
-        progress.close()
-    return state
+        last_step = state.step >= self.total_steps or (budget is not None and state.train_seconds >= budget)
+        if state.batch_in_epoch >= self.steps_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if not tcfg.max_steps and state.epoch >= tcfg.epochs:
+                last_step = True
+        if budget is not None:  # all ranks must agree on stopping at a time budget
+            last_step = bool(broadcast_object(last_step, self.info))
+        self.last_step = last_step
+        self.epoch_end = state.batch_in_epoch == 0
+        if last_step:
+            state.done = True

@@ -1,7 +1,4 @@
-"""Importing this package imports every module in it, so each module's @register decorators run."""
+"""The built-in decoders, one per module (`head` is the shared mask head). A new decoder is a new module
+here, added to this list."""
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from risbench.models.decoders import bi_direction, cgformer, cross_attention, dmmi, shared  # noqa: F401  (registers them)

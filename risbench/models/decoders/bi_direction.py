@@ -1,8 +1,9 @@
-"""The bi-direction decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b), Fig. 5; seed_specs §1.6)."""
+"""The bi-direction decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b), Fig. 5; docs/decisions.md §3)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,12 +41,14 @@ class BiDirectionDecoder(Decoder):
 
     Each layer: the block updates visual (CLS + patches) and text tokens from one shared logit tensor (padded words
     masked), then the Shared layer's MLP with its pre-LN and residual; then the same mask head on the text CLS.
-    Decisions (seed_specs §1.6 FLAG): the block replaces the MSA only, so the layer keeps its MLP, and keeps it
+    Decisions (docs/decisions.md §3 FLAG): the block replaces the MSA only, so the layer keeps its MLP, and keeps it
     shared over both modalities as in the Shared layer (Eq. 9); Grounding DINO also follows the fusion with an FFN
     on each modality. embed_dim 4 x d_w = 2048 and 4 heads (GDINO's ratios). The mask head reads the text CLS,
     which the block and the MLP both update. Counts (BEiT-3-B, 480 px, 20 tokens): 13.91M / 51.25G vs the
     paper's 14M / 51G (Table VIII(b)); `mlp_on: visual` 13.91M / 51.21G; `mlp_on: none` 11.81M / 49.32G.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"num_heads": 2, "drop_path": 0.0, "head": {"conv_dim": 8}}
 
     requires = frozenset({"text_tokens"})
 

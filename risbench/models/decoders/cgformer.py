@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +182,7 @@ class CGFormerDecoderConfig:
 class CGFormerDecoder(Decoder):
     """CGFormer decoder: 2 learnable tokens group pixels over 3 stages (1/16 -> 1/8 -> 1/4), dynamic head.
 
-    As the released ("updated version") code does it (seed_specs §3.1): stage i fuses the running map
+    As the released ("updated version") code does it (docs/decisions.md §3 CGFormer): stage i fuses the running map
     with the next-finer pyramid level (Fusion), lets the target token read the words (stages 2-3, with
     the following MLP replacing the tokens), adds the stage's learnable positional table and runs
     CGAttention (stage 1 its own, stages 2 and 3 one shared module); the target token then gives the
@@ -209,6 +210,8 @@ class CGFormerDecoder(Decoder):
     - `release_unused_params`: the released LoadToken registers a LayerNorm and an MLP that it never
       uses (2.1M at token_dim 512); off by default, on to count parameters as the released code does.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"token_dim": 16, "image_size": 64, "pyramid": {"dims": (8, 8, 16, 16)}}
 
     requires = frozenset({"text_tokens"})
 

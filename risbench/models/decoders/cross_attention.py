@@ -1,4 +1,4 @@
-"""The cross-attention decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b); seed_specs §1.6)."""
+"""The cross-attention decoder of Shared-RIS's fusion ablation (seed000 Table VIII(b); docs/decisions.md §3)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class CrossAttentionDecoder(SharedDecoder):
     visual tokens; the text tokens pass through unchanged, so the mask head's text CLS is the FPN's.
     Same parameters as the Shared decoder (attention 4 d_w^2 + MLP), fewer FLOPs: 8.66M / 48.7G at BEiT-3-B, 480 px,
     20 tokens, vs the paper's 9M / 48G (Table VIII(b)).
-    FLAG reading (seed_specs §1.6): the paper names only "cross-attention"; MLP ratio 4 as the Shared layer.
+    FLAG reading (docs/decisions.md §3): the paper names only "cross-attention"; MLP ratio 4 as the Shared layer.
     """
 
     layer_cls = CrossAttentionLayer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ class DMMIDecoder(Decoder):
     """DMMI decoder: top-down conv fusion with text-to-image transformer layers and an image-to-text
     branch that reconstructs the words of a masked sentence (training only).
 
-    As released (seed_specs §3.2): up(c4) + c3 -> [Conv3x3-BN-ReLU] x2 (hidden 768, 1/16) -> T2I layer
+    As released (docs/decisions.md §3 DMMI): up(c4) + c3 -> [Conv3x3-BN-ReLU] x2 (hidden 768, 1/16) -> T2I layer
     (pixels attend to the words) -> up + c2 -> convs (1/8) -> [I2T: Conv3x3-BN-ReLU, then a decoder layer
     with the masked-sentence words as queries and the pixels as memory] -> T2I layer -> up + c1 -> convs
     (1/4) -> Conv1x1 to 2 logits. A pooled decoder feature (GAP at 1/16, then Linear(concat(., GAP)) at
@@ -134,6 +135,14 @@ class DMMIDecoder(Decoder):
       Linear-aligned (Conv1d 1x1 in DMMI) language, both weighted by `batch["exists"]` (0 for no-target
       samples) as DMMI's target_flag.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {
+        "hidden_dim": 16,
+        "lan_dim": 16,
+        "num_heads": 2,
+        "ffn_dim": 16,
+        "pyramid": {"dims": (8, 8, 16, 16)},
+    }
 
     requires = frozenset({"text_tokens"})
 

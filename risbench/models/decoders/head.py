@@ -26,7 +26,7 @@ class MaskHead(nn.Module):
 
     The paper lists the conv block and the dot product; the FLOP count (No Fusion = 46G) pins the conv
     width at 512 at both scales and leaves ~3.8G that one 1x1 conv 512->512 at 120^2 explains (as in
-    CRIS's projector): `final_1x1` (seed_specs §1.4 FLAG). Upsampling is bilinear; the text MLP is
+    CRIS's projector): `final_1x1` (docs/decisions.md §3 Shared decoder FLAG). Upsampling is bilinear; the text MLP is
     Linear -> ReLU -> Linear at width 512 (`text_mlp_layers`).
     """
 

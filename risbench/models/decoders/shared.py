@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -70,10 +70,12 @@ class SharedDecoderConfig:
 class SharedDecoder(Decoder):
     """Shared decoder: n pre-LN self-attention layers over vision+text, then the dot-product mask head.
 
-    Decisions (seed_specs §1.4): MLP ratio 4 with GELU (each layer then adds ~3.1M params and ~3.8
+    Decisions (docs/decisions.md §3 Shared decoder): MLP ratio 4 with GELU (each layer then adds ~3.1M params and ~3.8
     GFLOPs, as Table VIII(a) steps by 3M / 4G); the text CLS is the first text token (BEiT-3's <s>);
     padded text tokens are masked as keys. The paper's default is one layer.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"num_heads": 2, "head": {"conv_dim": 8}}
 
     requires = frozenset({"text_tokens"})
     layer_cls: ClassVar[type[nn.Module]] = SharedLayer  # the fusion layer; variants swap only this
@@ -107,6 +109,8 @@ class NoFusionDecoderConfig:
 @DECODERS.register("no_fusion", config=NoFusionDecoderConfig)
 class NoFusionDecoder(SharedDecoder):
     """No fusion in the decoder: the mask head applied straight to the FPN output (0 shared layers)."""
+
+    tiny_options: ClassVar[dict[str, Any]] = {"head": {"conv_dim": 8}}
 
     def __init__(self, cfg: NoFusionDecoderConfig, in_spec: FusedSpec, enc_spec: FeatureSpec) -> None:
         super().__init__(SharedDecoderConfig(num_layers=0, head=cfg.head), in_spec, enc_spec)

@@ -1,7 +1,4 @@
-"""Importing this package imports every module in it, so each module's @register decorators run."""
+"""The built-in encoders (BEiT-3, Swin + BERT) and their pretraining objectives. A new encoder is a new
+module here, added to this list."""
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from risbench.models.encoders import beit3, beit3_pretrain, swin_bert  # noqa: F401  (registers them)

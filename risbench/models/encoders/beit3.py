@@ -1,6 +1,6 @@
 """BEiT-3 multiway transformer encoder, key-compatible with the official unilm/torchscale checkpoints.
 
-Our own implementation of the encoder described in seed_specs §1.1 (seed000 §III-A; reference layout:
+Our own implementation of the encoder described in docs/decisions.md §1 BEiT-3 (seed000 §III-A; reference layout:
 microsoft/torchscale `model/BEiT3.py`, `architecture/encoder.py`, `component/multihead_attention.py`,
 `component/multiway_network.py`, `component/embedding.py`, `component/feedforward_network.py`).
 Every module and parameter name maps 1:1 onto an official key once its "beit3." prefix is removed,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -124,7 +125,7 @@ class Beit3Encoder(Encoder):
     the first n+1 tokens, copy B (language) the text tokens; only the softmax runs over the joint
     sequence.
 
-    Decision on seed_specs §1.1 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
+    Decision on docs/decisions.md §1 BEiT-3 FLAG (pre- or post-final-LN features): an intermediate layer j < depth
     is returned as torchscale's `encoder_states[j]`, i.e. *before* the final multiway LayerNorm; for
     j == depth the final multiway LayerNorm (`encoder.layer_norm`) is applied, i.e. torchscale's
     `encoder_out`. Layers after the last out index are not run (they would feed nothing).
@@ -137,6 +138,15 @@ class Beit3Encoder(Encoder):
     draws text and position embeddings from N(0, 0.02) and Linear weights from trunc-normal(0.02) with
     zero biases, as ViT and BERT do, and keeps the Magneto scaling. `weights` loads an official checkpoint.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {
+        "size": "tiny",
+        "image_size": 32,
+        "patch_size": 16,
+        "depth": 2,
+        "out_indices": (1, 2),
+        "vocab_size": 100,
+    }
 
     tokenizer_family = "sentencepiece"
     pretrain_objective = "beit3_mdm"
@@ -205,9 +215,7 @@ class Beit3Encoder(Encoder):
             "vision_embed.mask_token",
         }
 
-    def embed(
-        self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None
-    ) -> Tensor:
+    def embed(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """The layer-0 joint sequence (B, n+1+L, d): embeddings + positions, padded text zeroed. Patches
         where `patch_mask` (B, n) is True are replaced by `mask_token` first (masked image modelling)."""
         if image.shape[-2:] != (self.image_size, self.image_size):

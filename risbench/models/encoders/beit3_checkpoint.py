@@ -1,6 +1,6 @@
 """Loading official BEiT-3 checkpoints (unilm beit3_*.pth) into `Beit3Encoder`, strictly.
 
-Rules (seed_specs §1.1; the interpolation follows unilm beit3/utils.py `load_model_and_may_interpolate`):
+Rules (docs/decisions.md §1 BEiT-3; the interpolation follows unilm beit3/utils.py `load_model_and_may_interpolate`):
 - the file is read with `torch.load(..., weights_only=True)`; the state dict is taken from "model",
   else "module", else the top level;
 - encoder keys carry the prefix "beit3." (stripped); a state dict with no "beit3." key at all is read

@@ -1,5 +1,6 @@
-"""The building blocks of the BEiT-3 encoder (beit3.py), named as torchscale names them so that every
-parameter maps onto an official checkpoint key: multiway copies, sub-LN feed-forward and attention, the
+"""The building blocks of the BEiT-3 encoder (beit3.py), named as torchscale names them.
+
+Every parameter maps onto an official checkpoint key: multiway copies, sub-LN feed-forward and attention, the
 layer, the patch embedding (or a convolutional stem) and the body with its position tables."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +112,13 @@ class SwinBertEncoder(Encoder):
     The final Swin `norm` and BERT's pooler are not built (neither is used by these methods' forward;
     their checkpoint keys are reported as ignored).
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {
+        "size": "tiny-test",
+        "image_size": 64,
+        "window_size": 4,
+        "vocab_size": 100,
+    }
 
     tokenizer_family = "wordpiece"
     pixel_mean = (0.485, 0.456, 0.406)

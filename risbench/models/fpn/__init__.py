@@ -1,7 +1,3 @@
-"""Importing this package imports every module in it, so each module's @register decorators run."""
+"""The built-in FPNs, one per module. A new FPN is a new module here, added to this list."""
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from risbench.models.fpn import bi_direction, cris, cross_attention, pwam, shared  # noqa: F401  (registers them)

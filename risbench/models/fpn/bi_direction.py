@@ -1,8 +1,9 @@
-"""The bi-direction FPN of Shared-RIS's fusion ablation (seed000 Table VII(b), Fig. 5; seed_specs §1.6)."""
+"""The bi-direction FPN of Shared-RIS's fusion ablation (seed000 Table VII(b), Fig. 5; docs/decisions.md §2)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ class BiDirectionFPN(FPN):
     words masked in the vision->text direction, then (`mlp_on`) the pre-LN MLP with residual; then concat_j(v; t)
     + W_f exactly as the Shared FPN. Block internals as Grounding DINO (`risbench.models.bi_attention`): its output
     is LN(x) + gamma * delta.
-    Decisions (seed_specs §1.6 FLAG: the paper gives neither the width, the heads nor what follows the block):
+    Decisions (docs/decisions.md §2 FLAG: the paper gives neither the width, the heads nor what follows the block):
     - `position: projected` (default): the block sits where the Shared FPN's MSA sits, on the d_w = 512 tokens after
       W_j, as Grounding DINO runs it on d_model tokens after its input projections; embed_dim 4 x 512 = 2048 and
       4 heads (GDINO's dim_feedforward // 2 = 4 x d_model and nhead // 2). `position: encoder` runs the block on the
@@ -61,6 +62,8 @@ class BiDirectionFPN(FPN):
       encoder (768-d), bare block: E 3072 60.9M / 29.2G; E 2048 42.0M / 20.3G; E 1536 (BEiT-3's FFN // 2),
         6 heads 32.6M / 15.8G, + MLP both (at 768) 51.5M / 33.2G.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16, "num_heads": 2, "drop_path": 0.0}
 
     requires = frozenset({"joint_tokens", "single_scale"})
 

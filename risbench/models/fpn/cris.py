@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ class CrisFPNConfig:
 class CrisFPN(FPN):
     """CRIS FPN: sentence-gated coarsest map, top-down concat fusion, 3-way aggregation, CoordConv.
 
-    Follows CRIS's FPN (seed_specs §2.1) on the LAST THREE stages the encoder returns (v3, v4, v5):
+    Follows CRIS's FPN (docs/decisions.md §2 CRIS) on the LAST THREE stages the encoder returns (v3, v4, v5):
     f5 = BN-ReLU(conv1x1(v5) * s), s = Linear-BN-ReLU(sentence state); f4 = conv1x1(concat(conv3x3(v4),
     up(f5))); f3 = conv1x1(concat(pool(conv3x3(v3)), f4)); fq = conv1x1(concat(conv3x3 of f3, f4, up(f5)))
     -> CoordConv3x3 -> conv3x3. All convs are bias-free Conv-BN-ReLU; no residual (DETRIS adds one).
@@ -68,6 +69,8 @@ class CrisFPN(FPN):
       text tokens through one Linear to the output width (a decision; the paper does not say how the
       Shared decoder gets its text when this FPN is used); `visual_cls` is None.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"out_channels": (8, 16, 32), "pyramid_dims": (8, 16, 24)}
 
     requires = frozenset()
 

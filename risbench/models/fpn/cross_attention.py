@@ -1,4 +1,4 @@
-"""The cross-attention FPN of Shared-RIS's fusion ablation (seed000 Table VII(b); seed_specs §1.6)."""
+"""The cross-attention FPN of Shared-RIS's fusion ablation (seed000 Table VII(b); docs/decisions.md §2)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class CrossAttentionFPN(SharedFPN):
     unchanged; then concat_j + W_f as the Shared FPN. The visual CLS is a query like the patches.
     Only the operator changes, so the parameters are exactly the Shared FPN's (4 d_w^2 per attention either way,
     the paper's "8M" for both), and the FLOPs drop by the text-query and patch-key products.
-    FLAG reading (seed_specs §1.6): visual queries / text keys-values, text passes through; the paper says no more.
+    FLAG reading (docs/decisions.md §2): visual queries / text keys-values, text passes through; the paper says no more.
     Counts (BEiT-3-B, 4 stages, 480 px, 20 tokens): 8.41M / 4.43G vs the paper's 8M / 6G. The paper's 6G fits
     projections over all 921 tokens per stage (e.g. the same attention also run text->vision, ~6.4G, or q/k/v/out
     computed for the whole joint sequence, ~6.35G); neither is implemented, as the paper describes neither.

@@ -1,4 +1,4 @@
-"""LAVT's pixel-word attention module (PWAM) and language gate as an FPN (seed000 Table IV; seed_specs §2.2).
+"""LAVT's pixel-word attention module (PWAM) and language gate as an FPN (seed000 Table IV; docs/decisions.md §2 PWAM).
 
 Source read (not copied): `yz93/LAVT-RIS@1da0af9f:lib/backbone.py` (`PWAM`, `SpatialImageLanguageAttention`,
 `MMBasicLayer.res_gate`, `MultiModalSwinTransformer.init_weights`) and `lib/segmentation.py`.
@@ -7,6 +7,7 @@ Source read (not copied): `yz93/LAVT-RIS@1da0af9f:lib/backbone.py` (`PWAM`, `Spa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,7 @@ class PWAMFPN(FPN):
     Per selected stage k (pixels only; a visual CLS is dropped): F_k = PWAM(x_k, words), and the stage output is
     x_k + tanh(MLP(F_k)) * F_k (`gate`), x_k + F_k (`gate: false`), or F_k (`feed_back: false`). In LAVT the gated
     output continues into the next Swin stage and F_k goes to the decoder; an FPN on a finished encoder cannot feed
-    back, so `feed_back` decides which of the two is aggregated (FLAG, seed_specs §2.2).
+    back, so `feed_back` decides which of the two is aggregated (FLAG, docs/decisions.md §2 PWAM).
     - single-scale encoder (BEiT-3): concat_k(stage outputs) -> Linear -> d_w, as the Shared FPN's W_f.
     - multi-scale encoder (Swin): `FusedFeatures.pyramid` = the stage outputs at their own widths, finest first
       (trait `pyramid`), and `visual` = the coarsest one projected to d_w.
@@ -134,6 +135,8 @@ class PWAMFPN(FPN):
     14.2M for 3 stages + gate or 4 without gate (the paper's params), 18.9M / 13.0G for 4 + gate (its FLOPs);
     no one reading gives both of the paper's numbers.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16}
 
     requires = frozenset({"text_tokens"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -72,11 +73,13 @@ class SharedFPN(FPN):
     """Shared FPN: per stage, project joint tokens to d_w and run one self-attention over vision+text.
 
     z_j = MSA(LN(h_j W_j)) + h_j W_j for each selected stage j (no MLP), then z = concat_j(z_j) W_f.
-    Decisions on the paper's open points (seed_specs §1.3): 8 heads (head dim 64); W_j per modality
+    Decisions on the paper's open points (docs/decisions.md §2 Shared FPN): 8 heads (head dim 64); W_j per modality
     (`multiway_proj`); padded text tokens are masked as attention keys; no final LayerNorm (the
     decoder is pre-LN). The number of stages is the number of layers the encoder returns
     (`encoder.out_indices`).
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16, "num_heads": 2}
 
     requires = frozenset({"joint_tokens", "single_scale"})
 
@@ -131,9 +134,11 @@ class NoFPN(FPN):
     """No FPN: the last encoder stage only, projected to d_w (per modality), no fusion.
 
     The paper's "w/o FPN" row feeds the last layer to the decoder; it needs some d -> d_w map that the
-    paper does not describe (seed_specs §1.6 FLAG). We use the same per-modality linear as the Shared
+    paper does not describe (docs/decisions.md §2 FLAG). We use the same per-modality linear as the Shared
     FPN's W_j, so the only difference from `shared` is the multi-stage self-attention.
     """
+
+    tiny_options: ClassVar[dict[str, Any]] = {"dim": 16}
 
     requires = frozenset({"joint_tokens"})
 

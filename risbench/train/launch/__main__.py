@@ -1,5 +1,0 @@
-import sys
-
-from risbench.train.launch import main
-
-sys.exit(main())

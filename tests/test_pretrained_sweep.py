@@ -107,6 +107,8 @@ def test_sweep_pretrains_once_and_fine_tunes_from_it(tmp_path):
     assert runs["scratch"]["provenance"]["weights"] == "random"
     exp_meta = json.loads((tmp_path / "runs" / "pt" / "experiment.json").read_text())
     assert exp_meta["pretrain"].startswith("pretrained sweep-test-")
+    caption = (tmp_path / "res" / "pt" / "table.md").read_text()
+    assert f"{ref.name} (pretrained: beit3_mdm, 2 steps)" in caption and "random" in caption
     stamp = (ref.directory / "pretrain.json").stat().st_mtime_ns
     assert main(args) == 0  # re-run: the artifact and the runs are reused
     assert (ref.directory / "pretrain.json").stat().st_mtime_ns == stamp

@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -302,3 +303,38 @@ def test_cli_synth_export_then_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train  refs       8  sentences      24  images      4" in out and "layout ok" in out
     assert main(["data", "synth", "--out", str(tmp_path), "--format", "coco"]) == 2
+
+
+class _Hostile:
+    """Unpickling this runs os.system, which would create a file."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_hostile_refs_pickle_is_refused_and_runs_nothing(tmp_path, capsys, protocol):
+    """A refs pickle that names os.system is refused with one line and exit 2, and the file it would have
+    created is not there (the restricted unpickler refuses every global but plain-data constructors)."""
+    cfg = write_refer(tmp_path)
+    target = tmp_path / "pwned"
+    with open(tmp_path / "refcoco" / "refs(unc).p", "wb") as f:
+        pickle.dump([*REFS, {"ref_id": 9, "x": _Hostile(target)}], f, protocol=protocol)
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = _cli_error(capsys, ["data", "check", "--dataset", str(tmp_path / "d.yaml")])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "refused global" in err and "system" in err, err
+    assert not target.exists()
+
+
+def test_plain_data_pickles_still_load_sets_and_bytes():
+    from risbench.data.safe_pickle import load_plain
+
+    data = {"a": [1, 2.5, "x", None, True], "s": {1, 2}, "f": frozenset({3}), "b": b"\x00\xff", "t": (1, "y")}
+    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        assert load_plain(pickle.dumps(data, protocol=protocol)) == data

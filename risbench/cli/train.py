@@ -30,6 +30,16 @@ def _fmt_split(name: str, m: dict) -> str:
     return " ".join(parts)
 
 
+def _check_threshold(threshold: float | None) -> None:
+    from risbench.train.config import check_threshold
+
+    if threshold is not None:
+        try:
+            check_threshold(threshold, "--threshold")
+        except ValueError as exc:
+            raise RisbenchError(str(exc)) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -84,6 +94,7 @@ def register(app: typer.Typer) -> None:
 
         if resolution is not None and resolution not in ("original", "input"):
             raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
+        _check_threshold(threshold)
         result = evaluate_run(
             run_dir,
             splits=list(split) or None,
@@ -114,5 +125,10 @@ def register(app: typer.Typer) -> None:
         """Segment one expression in one image; writes the mask overlaid on the image."""
         from risbench.train.predict import predict
 
+        _check_threshold(threshold)
+        if not expression.strip():
+            raise RisbenchError(
+                'the expression is empty; give the words that refer to the object, e.g. "the red circle"'
+            )
         r = predict(run_dir, image, expression, out, threshold=threshold, checkpoint=checkpoint)
         print(f"wrote {r['out']} (mask covers {100 * r['mask_fraction']:.1f}% of the image; {r['checkpoint']})")

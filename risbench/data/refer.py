@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
+from risbench.data.safe_pickle import load_plain
 from risbench.errors import RisbenchError
 from risbench.registry import DATASETS
 
@@ -99,10 +100,11 @@ class ReferData:
     def _load_refs(p: ReferPaths) -> list[dict[str, Any]]:
         if not p.refs.is_file():
             raise RisbenchError(f"{p.refs}: refs file not found; {p.layout()}")
-        try:
-            with open(p.refs, "rb") as f:
-                refs = pickle.load(f, encoding="latin1")  # python-2 pickles of the original release
-        except Exception as exc:  # any unpickling failure means a corrupt file
+        try:  # python-2 pickles of the original release: latin1; plain data only (safe_pickle)
+            refs = load_plain(p.refs.read_bytes(), encoding="latin1")
+        except pickle.UnpicklingError as exc:
+            raise RisbenchError(f"{p.refs}: not a plain-data refs pickle: {exc}; {p.layout()}") from None
+        except Exception as exc:  # any other unpickling failure means a corrupt file
             raise RisbenchError(f"{p.refs}: not a readable refs pickle ({type(exc).__name__}); {p.layout()}") from None
         if not isinstance(refs, list):
             raise RisbenchError(f"{p.refs}: expected a pickled list of refs, got {type(refs).__name__}; {p.layout()}")

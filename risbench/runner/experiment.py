@@ -203,8 +203,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     raw = load_config(path)
     where = str(path)
     exp = to_dataclass(ExperimentFile, raw, where)
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", exp.name):
-        raise RisbenchError(f"{where}: name '{exp.name}' must be letters, digits, '_', '-', '.' or '+'")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", exp.name) or set(exp.name) == {"."}:
+        raise RisbenchError(f"{where}: name '{exp.name}' must be letters, digits, '_', '-', '.' or '+', not only dots")
     if not isinstance(exp.base, dict):
         raise RisbenchError(f"{where}.base: expected a mapping")
     if not exp.seeds:

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
+from risbench.runner.pretrained import describe_weights
 from risbench.runner.table_stats import TableStats
 from risbench.runner.tables import COST, DECIMALS, LABELS, TableData, read_json
 
@@ -271,7 +272,7 @@ def caption_for(
         parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
     parts.append("input " + (one({f"{s}×{s}" for s in sizes}, "?")))
     if accuracy:
-        parts.append(f"weights: {one(weights, 'random')}")
+        parts.append(f"weights: {one({describe_weights(w) for w in weights}, 'random')}")
         if len(seeds) > 1:
             text = f"mean ± 95% t-interval half-width over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
             parts.append(text + "; a cell without ± has one seed")

@@ -11,10 +11,12 @@ how an experiment compares fine-tuning from random init with fine-tuning from th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from risbench.config import PROJECT_ROOT
 from risbench.data.tokenizers import ARTIFACT_NAMES
 from risbench.errors import RisbenchError
 from risbench.registry import OBJECTIVES
@@ -110,3 +112,20 @@ def ensure_pretrained(ref: PretrainRef, *, quiet: bool = False) -> Pretrained:
     if art is None or art.directory != ref.directory:  # cannot happen without interrupt_after
         raise RisbenchError(f"pretraining {ref.name} did not finish in {ref.directory}")
     return art
+
+
+def describe_weights(weights: str) -> str:
+    """A weights entry for a caption: a pretraining artifact by its name, objective and steps; a file under
+    the project by its relative path; anything else (`random`, another path) as it is."""
+    path = Path(weights)
+    prov = path.parent / "pretrain.json"
+    if weights != "random" and prov.is_file():
+        try:
+            info = json.loads(prov.read_text())
+            return f"{path.parent.name} (pretrained: {info['objective']}, {info['steps']} steps)"
+        except (OSError, ValueError, KeyError):
+            pass
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except (OSError, ValueError):
+        return weights

@@ -85,6 +85,23 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null: the epochs decide), got {self.max_steps}")
+        if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"need lr > 0, min_lr >= 0, weight_decay >= 0 and warmup_steps >= 0; got lr {self.lr}, "
+                f"min_lr {self.min_lr}, weight_decay {self.weight_decay}, warmup_steps {self.warmup_steps}"
+            )
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad must be > 0 (or null: no clipping), got {self.clip_grad}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or null), got {self.max_minutes}")
+
+
+def check_threshold(value: float, where: str) -> None:
+    """A mask threshold on sigmoid probabilities must lie in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{where} must be in [0, 1) (a probability; foreground when sigmoid > it), got {value}")
 
 
 @dataclass
@@ -99,6 +116,7 @@ class EvalConfig:
     checkpoint: str = "last"  # which weights the final metrics come from: last | best
 
     def __post_init__(self) -> None:
+        check_threshold(self.threshold, "threshold")
         if self.resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got '{self.resolution}'")
         if self.checkpoint not in ("last", "best"):

@@ -182,6 +182,7 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
     from risbench.data.collate import Collator
 
     tcfg = cfg.train
+    started = provenance(device, 1, cfg.seed)  # the code that runs: read before it can change on disk
     seed_everything(cfg.seed)
     cache = Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
     objective, tokenizer, dataset = build_objective(cfg, resolved, cache)
@@ -288,7 +289,7 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
                 raise RuntimeError(f"empty epoch {state['epoch']} at step {state['step']}")
     finally:
         progress.close()
-    return _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command)
+    return _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command, started)
 
 
 @torch.no_grad()
@@ -318,7 +319,7 @@ def held_out(objective, dataset, collate, device, *, max_samples: int, batch_siz
     }
 
 
-def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command) -> Pretrained:
+def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command, started) -> Pretrained:
     """Export the encoder and the tokenizer, measure held-out pairs, then write the provenance file (last)."""
     from risbench.data.collate import Collator
     from risbench.data.tokenizers import save_tokenizer
@@ -352,7 +353,7 @@ def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, devic
         "encoder_options": relative,
         "tokenizer": tok_name,
         "files": {n: _sha256(out_dir / n) for n in names},
-        **provenance(device, 1, cfg.seed),
+        **started,
     }
     if any(not math.isfinite(v) for v in prov["final"].values() if isinstance(v, float)):
         raise RisbenchError("pretraining ended with a non-finite loss; nothing exported")

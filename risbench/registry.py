@@ -20,6 +20,7 @@ class Entry:
     name: str
     obj: Callable[..., Any]
     config: type | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # what else it declares (e.g. table columns)
 
     @property
     def summary(self) -> str:
@@ -49,13 +50,14 @@ class Registry:
                 self._loaded = False  # a broken component module fails every lookup, not only the first
                 raise
 
-    def register(self, name: str, *, config: type | None = None) -> Callable[[Any], Any]:
-        """Decorator: register a class or function under `name`, optionally with a config dataclass."""
+    def register(self, name: str, *, config: type | None = None, **meta: Any) -> Callable[[Any], Any]:
+        """Decorator: register a class or function under `name`, optionally with a config dataclass and
+        metadata (`meta`: e.g. a metric's table columns, their labels and which way is better)."""
 
         def decorator(obj: Any) -> Any:
             if name in self._entries:
                 raise RisbenchError(f"{self.kind} '{name}' is registered twice")
-            self._entries[name] = Entry(name, obj, config)
+            self._entries[name] = Entry(name, obj, config, dict(meta))
             return obj
 
         return decorator

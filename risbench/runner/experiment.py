@@ -40,13 +40,12 @@ from typing import Any
 
 from risbench.config import parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
+from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
 from risbench.runner.resolve import RUN_SECTIONS, key_exists, resolve_base, validate_run_config
 from risbench.spec import MODEL_KEYS, full_key, load_config, merge, resolve_model, set_key
 from risbench.train.config import comparable
 
-# Paper table columns (names as in registry/paper_tables.csv).
-COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
 COST_PARTS = ("total", "encoder", "fpn", "decoder")
 
 
@@ -68,7 +67,7 @@ class TableSpec:
         for col in self.columns:
             if col not in COLUMNS:
                 raise ValueError("columns: " + unknown_name_message("column", col, COLUMNS))
-        accuracy = [c for c in COLUMNS if c not in ("params", "gflops")]
+        accuracy = [c for c in COLUMNS if c in HIGHER_IS_BETTER]
         for col in self.delta:
             if col not in accuracy:
                 raise ValueError("delta: " + unknown_name_message("accuracy column", col, accuracy))

@@ -16,9 +16,10 @@ import pandas as pd
 import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
+from risbench.runner.columns import COST, LABELS
 from risbench.runner.pretrained import describe_weights
 from risbench.runner.table_stats import TableStats
-from risbench.runner.tables import COST, DECIMALS, LABELS, TableData, read_json
+from risbench.runner.tables import DECIMALS, TableData, read_json
 
 FORMATS = ("csv", "markdown", "latex")
 

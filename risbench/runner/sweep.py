@@ -22,6 +22,7 @@ from rich.table import Table
 
 from risbench.io import atomic_write_json, atomic_write_text, git_text
 from risbench.runner import backends, export, tables
+from risbench.runner.columns import COST, LABELS
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.progress import SweepProgress
 
@@ -122,12 +123,12 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
     """The Params/GFLOPs columns (ours and the paper's) as a rich table for the terminal."""
     out = Table(title=title, title_justify="left")
     out.add_column("variant", style="bold", overflow="fold")
-    cols = [c for c in tables.COST if c in table.mean.columns]
+    cols = [c for c in COST if c in table.mean.columns]
     for c in cols:
-        out.add_column(tables.LABELS[c], justify="right")
-    paper_cols = [c for c in tables.COST if c in table.paper.columns]
+        out.add_column(LABELS[c], justify="right")
+    paper_cols = [c for c in COST if c in table.paper.columns]
     for c in paper_cols:
-        out.add_column(f"paper {tables.LABELS[c]}", justify="right")
+        out.add_column(f"paper {LABELS[c]}", justify="right")
     for v in table.mean.index:
         row = [v] + [export.fmt_value(table.mean.loc[v, c], c) or "–" for c in cols]
         row += [export.fmt_paper(table.paper.loc[v, c], c) or "–" for c in paper_cols]

@@ -22,21 +22,10 @@ import yaml
 
 from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
+from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
 from risbench.runner.stats import DEFAULT_REPLICATES
 from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
 
-COLUMNS = ("params", "gflops", "p50", "p70", "p90", "oiou", "miou")
-LABELS = {
-    "params": "Params (M)",
-    "gflops": "GFLOPs",
-    "p50": "P@0.5",
-    "p70": "P@0.7",
-    "p90": "P@0.9",
-    "oiou": "oIoU",
-    "miou": "mIoU",
-}
-COST = ("params", "gflops")
-HIGHER_IS_BETTER = ("p50", "p70", "p90", "oiou", "miou")  # cost columns are not ranked
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
 DECIMALS = {"params": 2, "gflops": 2}  # accuracy columns: 2 decimals, as the paper
 

@@ -106,7 +106,17 @@ def _positives(results: Iterable[SentenceResult]) -> list[SentenceResult]:
     return [r for r in results if r.exists]
 
 
-@METRICS.register("oIoU")
+@dataclass(frozen=True)
+class Column:
+    """A table column a metric provides: its label, whether higher is better, and its place in the paper's
+    column order (cost columns come first)."""
+
+    label: str
+    higher_is_better: bool
+    position: int
+
+
+@METRICS.register("oIoU", columns={"oiou": Column("oIoU", True, 13)})
 def overall_iou(results: list[SentenceResult]) -> dict[str, float]:
     """oIoU: sum of intersections over sum of unions over positive sentences (percent)."""
     pos = _positives(results)
@@ -115,14 +125,17 @@ def overall_iou(results: list[SentenceResult]) -> dict[str, float]:
     return {"oIoU": _pct(inter / union) if union > 0 else 0.0}
 
 
-@METRICS.register("mIoU")
+@METRICS.register("mIoU", columns={"miou": Column("mIoU", True, 14)})
 def mean_iou(results: list[SentenceResult]) -> dict[str, float]:
     """mIoU: mean per-sentence IoU over positive sentences, IoU = 0 when the union is empty (percent)."""
     pos = _positives(results)
     return {"mIoU": _pct(sum(r.iou for r in pos) / len(pos)) if pos else 0.0}
 
 
-@METRICS.register("precision")
+@METRICS.register(
+    "precision",
+    columns={"p50": Column("P@0.5", True, 10), "p70": Column("P@0.7", True, 11), "p90": Column("P@0.9", True, 12)},
+)
 def precision_at(results: list[SentenceResult]) -> dict[str, float]:
     """P@0.5..0.9: percentage of positive sentences with IoU >= X."""
     pos = _positives(results)

@@ -211,10 +211,10 @@ def resolve_run_config(raw: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     return cfg, resolved
 
 
-def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without the keys that do not change results (VOLATILE_KEYS)."""
+def comparable(resolved: dict[str, Any], volatile: tuple[tuple[str, ...], ...] = VOLATILE_KEYS) -> dict[str, Any]:
+    """The resolved config without the keys that do not change results (`volatile`, default VOLATILE_KEYS)."""
     out = copy.deepcopy(resolved)
-    for path in VOLATILE_KEYS:
+    for path in volatile:
         node = out
         for part in path[:-1]:
             node = node.get(part, {}) if isinstance(node, dict) else {}

@@ -13,7 +13,7 @@ from risbench.config import find_preset, to_dataclass, to_dict
 from risbench.errors import RisbenchError
 from risbench.registry import ENCODERS, OBJECTIVES
 from risbench.spec import load_config, resolve_model
-from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, resolve_data
+from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, comparable, resolve_data
 
 # keys that do not change what pretraining computes (left out of the hash)
 VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))
@@ -121,10 +121,5 @@ def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[s
 
 def config_hash(resolved: dict[str, Any]) -> str:
     """12 hex digits of sha256 over the resolved config without the VOLATILE keys."""
-    out = copy.deepcopy(resolved)
-    for path in VOLATILE:
-        node = out
-        for part in path[:-1]:
-            node = node.get(part, {})
-        node.pop(path[-1], None)
+    out = comparable(resolved, VOLATILE)
     return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]

@@ -10,6 +10,12 @@ steps (tensors PyTorch allocated; the process's total, with the CUDA context and
 allocator's slack, is higher: `max_memory_reserved` is reported too).
 
 Data loading is excluded on purpose: the number is the model's cost, comparable across components.
+
+Achieved GFLOP/s: fvcore's multiply-adds of one forward pass per image (`risbench flops`), times 2 FLOPs
+each, times the batch, times 3 for a train step (the backward pass costs about twice the forward: the
+usual 6 x MACs rule) or 1 for an infer step, over the median step time. `benchmark_pretrain_step` does
+the same for a pretraining objective's step (`risbench bench --pretrain NAME`), counting the
+objective's own forward (encoder and heads) with the same tracer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 
 from risbench.errors import RisbenchError
+from risbench.flops import count_flops, measure
 from risbench.io import device_info, git_info, package_versions
 from risbench.models.segmenter import build_segmenter
 from risbench.spec import resolve_model_spec
@@ -30,6 +37,7 @@ from risbench.train.losses import build_loss
 from risbench.train.optim import build_optimizer, optimization_step
 
 MODES = ("train", "infer")
+PASSES = {"train": 3, "infer": 1, "pretrain": 3}  # forward-pass equivalents a step costs (backward = 2 forwards)
 
 
 def _sync(device: torch.device) -> None:
@@ -87,19 +95,10 @@ def benchmark_step(
         with autocast_context(dev, recipe.amp):
             net(batch["image"], batch["text_ids"], batch["text_pad_mask"])
 
+    macs = measure(net, size, text_len)["total"]["flops"]
     step = train_step if mode == "train" else infer_step
     net.train(mode == "train")
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
+    times = time_steps(step, dev, steps, warmup)
     median = statistics.median(times)
     result: dict[str, Any] = {
         "model": model,
@@ -114,13 +113,118 @@ def benchmark_step(
         "s_per_step_mean": statistics.fmean(times),
         "images_per_s": batch_size / median,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        **throughput(macs, batch_size, mode, median),
         "device": device_info(dev),
         "git": git_info(),
         "versions": package_versions(),
         "seed": seed,
     }
+    return _memory(result, dev)
+
+
+def time_steps(step, dev: torch.device, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of `steps` calls of `step` after `warmup` untimed ones (CUDA synchronised)."""
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def throughput(macs_per_image: int, batch_size: int, mode: str, seconds: float) -> dict[str, float]:
+    """FLOPs of one step and the achieved GFLOP/s (see the module docstring for the convention)."""
+    flops = 2 * macs_per_image * batch_size * PASSES[mode]
+    return {
+        "gmacs_per_image": macs_per_image / 1e9,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflop_per_s": flops / seconds / 1e9,
+    }
+
+
+def _memory(result: dict[str, Any], dev: torch.device) -> dict[str, Any]:
     if dev.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
         result["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     return result
+
+
+class _ObjectiveLoss(torch.nn.Module):
+    """Traced wrapper: a pretraining objective's loss from (image, ids, padding) tensors."""
+
+    def __init__(self, objective: torch.nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, image, text_ids, text_pad_mask):  # noqa: D102
+        return self.objective({"image": image, "text_ids": text_ids, "text_pad_mask": text_pad_mask})[0]
+
+
+def benchmark_pretrain_step(
+    config: str,
+    overrides: list[str] | None = None,
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    steps: int = 20,
+    warmup: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time `steps` steps of a pretraining config's objective (random images, random word ids at the
+    config's tokenizer.max_len) with `risbench pretrain`'s own step, after `warmup` untimed ones."""
+    from risbench.spec import apply_overrides
+    from risbench.train.config import normalize_raw
+    from risbench.train.pretrain import build_objective, pretrain_step, tokenizer_cache
+    from risbench.train.pretrain_config import load_pretrain_config, resolve_pretrain_config
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    raw = apply_overrides(normalize_raw(load_pretrain_config(config)), list(overrides or []))
+    cfg, resolved = resolve_pretrain_config(raw)
+    bs = batch_size or cfg.train.batch_size
+    torch.manual_seed(seed)
+    objective, tokenizer, _ = build_objective(cfg, resolved, tokenizer_cache(cfg))
+    objective.to(dev).train()
+    enc = objective.encoder
+    size, text_len = int(enc.image_size), int(cfg.tokenizer.max_len)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, int(enc.vocab_size), (bs, text_len), generator=gen)
+    ids[:, 0], ids[:, -1] = int(tokenizer.bos_id), int(tokenizer.eos_id)
+    image = torch.randn(bs, 3, size, size, generator=gen)
+    pad = torch.zeros(bs, text_len, dtype=torch.bool)
+    batch = {"image": image.to(dev), "text_ids": ids.to(dev), "text_pad_mask": pad.to(dev)}
+    with torch.no_grad():
+        by_module, _ = count_flops(_ObjectiveLoss(objective), (image[:1].to(dev), ids[:1].to(dev), pad[:1].to(dev)))
+    optimizer = build_optimizer(objective, cfg.train)
+    times = time_steps(
+        lambda: pretrain_step(objective, optimizer, batch, dev, cfg.train.amp, cfg.train.clip_grad), dev, steps, warmup
+    )
+    median = statistics.median(times)
+    result: dict[str, Any] = {
+        "model": f"pretrain {cfg.name} ({cfg.objective.name})",
+        "overrides": list(overrides or []),
+        "mode": "pretrain",
+        "weights": "random",
+        "input": {"image_size": size, "text_len": text_len, "batch_size": bs},
+        "amp": "bf16 autocast" if uses_bf16(dev, cfg.train.amp) else "off (fp32)",
+        "steps": steps,
+        "warmup": warmup,
+        "s_per_step_median": median,
+        "s_per_step_mean": statistics.fmean(times),
+        "images_per_s": bs / median,
+        "params_m": sum(p.numel() for p in objective.parameters()) / 1e6,
+        **throughput(int(by_module.get("", 0)), bs, "pretrain", median),
+        "device": device_info(dev),
+        "git": git_info(),
+        "versions": package_versions(),
+        "seed": seed,
+    }
+    return _memory(result, dev)

@@ -51,3 +51,35 @@ def test_bench_bad_input_exits_2(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--model", "shared-ris-tiny", "--device", "cuda"]) == 2
         assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_bench_counts_flops_per_step_and_achieved_rate():
+    """A train step is 3 forward passes of fvcore's multiply-adds at 2 FLOPs each; the rate is over the median."""
+    from risbench.benchmark import benchmark_step
+    from risbench.flops import measure
+    from risbench.models.segmenter import build_segmenter
+    from risbench.spec import resolve_model_spec
+
+    r = benchmark_step("shared-ris-tiny", SMALL, batch_size=2, device="cpu", steps=1, warmup=0)
+    macs = measure(build_segmenter(resolve_model_spec("shared-ris-tiny", SMALL)), 32, 20)["total"]["flops"]
+    assert r["gmacs_per_image"] == pytest.approx(macs / 1e9)
+    assert r["gflop_per_step"] == pytest.approx(2 * 3 * 2 * macs / 1e9)
+    assert r["achieved_gflop_per_s"] == pytest.approx(r["gflop_per_step"] / r["s_per_step_median"])
+    infer = benchmark_step("shared-ris-tiny", SMALL, batch_size=2, mode="infer", device="cpu", steps=1, warmup=0)
+    assert infer["gflop_per_step"] == pytest.approx(2 * 2 * macs / 1e9)
+
+
+def test_bench_times_a_pretraining_step(tmp_path, monkeypatch):
+    """`bench --pretrain CONFIG`: the objective's step at the config's batch and text length, with its FLOPs."""
+    import yaml
+    from test_pretrain import tiny_pretrain
+
+    monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_pretrain(tmp_path)))
+    args = ["bench", "--pretrain", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    (r,) = json.loads((tmp_path / "out" / "bench.json").read_text())["results"]
+    assert r["mode"] == "pretrain" and r["input"] == {"image_size": 32, "text_len": 10, "batch_size": 4}
+    assert r["gflop_per_step"] > 0 and r["achieved_gflop_per_s"] > 0
+    assert "--pretrain" in (tmp_path / "out" / "bench.md").read_text()

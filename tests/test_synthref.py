@@ -300,3 +300,33 @@ def test_captions_name_every_object_and_cover_the_expressions_vocabulary():
     assert len(both) == 3 * (2 * 3 + 1)  # per scene: 2 refs x 3 sentences, then the caption
     texts = train_texts(cfg)
     assert any(" and " in t for t in texts) and any(t.startswith("the ") for t in texts)
+
+
+def test_object_captions_name_one_object_and_mask_it():
+    """`text: objects` (pretraining pairs): one caption per scene naming one of its objects in full (size
+    word, colour, shape); its mask is exactly that object's pixels, not the others'."""
+    import numpy as np
+
+    from risbench.data.build import build_dataset
+    from risbench.data.synthref import SceneSource, SynthRefConfig
+    from risbench.data.synthref_render import render
+    from risbench.data.synthref_scene import SIZE_WORDS
+
+    cfg = {"name": "synthref", "flavour": "refcoco+", "num_train": 6, "num_val": 8, "text": "objects"}
+    ds = build_dataset(cfg, "val", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
+    source = SceneSource(SynthRefConfig(flavour="refcoco+", num_train=6, num_val=8, text="objects"), "val")
+    assert len(ds) == 8
+    size_of = {w: size for size, words in SIZE_WORDS.items() for w in words}
+    named = set()
+    for i in range(8):
+        scene = source.scene(i)
+        text, target = source.caption(i)
+        article, size, colour, shape = text.split()
+        o = scene.objects[target]
+        assert (article, size_of[size], colour, shape) == ("a", o.size, o.colour, o.shape)
+        _, labels = render(scene, 128)
+        ref = ds.dataset.load_ref(i) if hasattr(ds, "dataset") else ds.load_ref(i)
+        assert ref.sentences[0].text == text
+        assert np.array_equal(ref.mask.astype(bool), labels == target + 1)
+        named.add(target)
+    assert len(named) > 1  # not always the first object

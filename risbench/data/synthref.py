@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
-from risbench.data.synthref_generate import caption, make_scene
+from risbench.data.synthref_generate import caption, make_scene, object_caption
 from risbench.data.synthref_render import render
 from risbench.data.synthref_scene import FLAVOURS, Scene
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
-TEXT_MODES = ("expressions", "captions", "both")
+TEXT_MODES = ("expressions", "captions", "objects", "both")
 IMAGE_ID_STRIDE = 10**8
 TOKENIZER_SCENES = 2000  # training scenes whose sentences train a tokenizer (see train_texts)
 
@@ -40,7 +40,8 @@ class SynthRefConfig:
     max_objects: int = 5
     object_scale: float = 1.0  # multiplies every object's radius (small 0.075, large 0.135 of the side at 1.0)
     # expressions (refs with referring expressions) | captions (one ref a scene: a caption naming every object,
-    # the mask all objects; for pretraining) | both (the refs, then the caption ref)
+    # the mask all objects; for pretraining) | objects (one ref a scene: one object named in full, "a small red
+    # circle", the mask that object; for pretraining) | both (the refs, then the scene-caption ref)
     text: str = "expressions"
 
     def __post_init__(self) -> None:
@@ -101,17 +102,21 @@ class SceneSource:
     @property
     def expression_refs(self) -> int:
         """Refs with referring expressions a scene yields (none with text: captions)."""
-        return 0 if self.cfg.text == "captions" else self.cfg.refs_per_scene
+        return 0 if self.cfg.text in ("captions", "objects") else self.cfg.refs_per_scene
 
     @property
     def slots(self) -> int:
-        """Refs a scene yields: its expression refs, then its caption ref (text: captions or both)."""
+        """Refs a scene yields: its expression refs, then its caption ref (text: captions, objects or both)."""
         return self.expression_refs + (self.cfg.text != "expressions")
 
-    def caption(self, index: int) -> str:
-        """The caption of scene `index`, from its own generator (the scene's draws are not disturbed)."""
+    def caption(self, index: int) -> tuple[str, int | None]:
+        """The caption ref of scene `index` (text, the object it names or None for all), from its own
+        generator (the scene's draws are not disturbed)."""
         rng = np.random.default_rng([self.cfg.seed, self.split_code, index, 1])
-        return caption(self.scene(index).objects, rng)
+        objects = self.scene(index).objects
+        if self.cfg.text == "objects":
+            return object_caption(objects, rng)
+        return caption(objects, rng), None
 
     def ref_id(self, index: int, r: int) -> int:
         return self.image_id(index) * self.slots + r
@@ -146,7 +151,7 @@ class SynthRefDataset(RefDataset):
         n = min(source.size, TOKENIZER_SCENES)
         texts = [text for i in range(n) for ref in source.scene(i).refs for text, _ in ref.sentences]
         if cfg.text != "expressions":  # captions too; the expressions stay, so fine-tuning words are covered
-            texts += [source.caption(i) for i in range(n)]
+            texts += [source.caption(i)[0] for i in range(n)]
         return texts
 
     def num_refs(self) -> int:
@@ -167,10 +172,11 @@ class SynthRefDataset(RefDataset):
         image, labels = self.render(scene_index)
         ref_id = self.source.ref_id(scene_index, r)
         if r == self.source.expression_refs:  # the caption ref
-            sentence = Sentence(self.source.sent_id(ref_id, 0), self.source.caption(scene_index), True)
+            text, target = self.source.caption(scene_index)
+            sentence = Sentence(self.source.sent_id(ref_id, 0), text, True)
             return LoadedRef(
                 image=image,
-                mask=(labels > 0).astype(np.uint8),
+                mask=(labels > 0 if target is None else labels == target + 1).astype(np.uint8),
                 ref_id=ref_id,
                 image_id=self.source.image_id(scene_index),
                 sentences=[sentence],

@@ -53,6 +53,15 @@ def caption(objects: list[SceneObject], rng: np.random.Generator) -> str:
     return " and ".join(parts)
 
 
+def object_caption(objects: list[SceneObject], rng: np.random.Generator) -> tuple[str, int]:
+    """One object of the scene, named in full: ("a small red circle", its index). Unlike a scene caption, a
+    masked word can't be filled in by elimination (the colour the other objects' words leave over): with
+    the others masked or not, the words left must be found in the pixels and the masked one read there."""
+    i = int(rng.integers(len(objects)))
+    o = objects[i]
+    return f"a {_pick(rng, SIZE_WORDS[o.size])} {o.colour} {o.shape}", i
+
+
 def _region_phrase(region, rng: np.random.Generator, prefix: bool) -> str:
     h, v = region
     if (h, v) == ("middle", "middle"):

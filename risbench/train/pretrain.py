@@ -141,6 +141,11 @@ def pretrain(
         return _run(cfg, resolved, out_dir, info.device, quiet, resume, interrupt_after, command)
 
 
+def tokenizer_cache(cfg: PretrainConfig) -> Path:
+    """Where a pretraining config's tokenizer is trained and cached."""
+    return Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
+
+
 def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
     """(objective module holding the encoder, tokenizer, training dataset) for a resolved config."""
     from risbench.data.build import train_texts
@@ -184,8 +189,7 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
     tcfg = cfg.train
     started = provenance(device, 1, cfg.seed)  # the code that runs: read before it can change on disk
     seed_everything(cfg.seed)
-    cache = Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
-    objective, tokenizer, dataset = build_objective(cfg, resolved, cache)
+    objective, tokenizer, dataset = build_objective(cfg, resolved, tokenizer_cache(cfg))
     objective.to(device).train()
     collate = Collator(tokenizer, cfg.tokenizer.max_len)
     steps_per_epoch = len(dataset) // tcfg.batch_size
@@ -239,17 +243,11 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
             for batch in loader:
                 lr = schedule.apply(optimizer, state["step"])
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                with autocast_context(device, tcfg.amp):
-                    loss, logs = objective(batch)
+                loss, logs = pretrain_step(objective, optimizer, batch, device, tcfg.amp, tcfg.clip_grad)
                 if not torch.isfinite(loss):
                     raise RisbenchError(
                         f"pretraining loss is {float(loss)} at step {state['step'] + 1}; lower train.lr?"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tcfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.clip_grad)
-                optimizer.step()
                 now = time.perf_counter()
                 state["train_seconds"] += now - t_last
                 window_time += now - t_last
@@ -290,6 +288,21 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
     finally:
         progress.close()
     return _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, device, command, started)
+
+
+def pretrain_step(objective, optimizer, batch: dict, device, amp: str, clip_grad: float | None):
+    """One optimisation step of a pretraining objective: forward under autocast, backward, clipping and
+    the optimizer's step (skipped when the loss is not finite). Returns (loss, logs)."""
+    with autocast_context(device, amp):
+        loss, logs = objective(batch)
+    if not torch.isfinite(loss):
+        return loss, logs
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), clip_grad)
+    optimizer.step()
+    return loss, logs
 
 
 @torch.no_grad()

@@ -221,7 +221,41 @@ def measure(model: nn.Module, image_size: int, text_len: int, batch_size: int = 
     if outside:
         # ops in the Segmenter's own forward, outside the three components (none today)
         result["components"]["other"] = {"params": 0, "flops": outside}
+    result["parts"] = part_rows(model, by_module)
+    enc = [p for p in model.encoder.parameters()]
+    enc_trainable = sum(p.numel() for p in enc if p.requires_grad)
+    enc_frozen = sum(p.numel() for p in enc if not p.requires_grad)
+    if enc_frozen and enc_trainable:
+        # PEFT: what trains inside the encoder (adapters) relative to its frozen backbone
+        result["encoder_trainable_share_of_frozen"] = enc_trainable / enc_frozen
     return result
+
+
+def part_rows(model: nn.Module, by_module: Counter) -> list[dict[str, Any]]:
+    """Params (total / trainable / frozen) and FLOPs per part: a component's `flop_parts()` ({label: sub-module
+    path}) or the whole component. A part nested inside another (vision.adapters in vision) is taken out of it."""
+    rows = []
+    for name in COMPONENTS:
+        comp = getattr(model, name)
+        parts = comp.flop_parts() if hasattr(comp, "flop_parts") else {name: ""}
+        paths = list(parts.values())
+        for label, path in parts.items():
+            inner = [q for q in paths if q != path and (path == "" or q.startswith(path + "."))]
+            mod = comp.get_submodule(path) if path else comp
+            skip = {id(p) for q in inner for p in comp.get_submodule(q).parameters()}
+            ps = [p for p in mod.parameters() if id(p) not in skip]
+            key = f"segmenter.{name}" + (f".{path}" if path else "")
+            flops = by_module.get(key, 0) - sum(by_module.get(f"segmenter.{name}.{q}", 0) for q in inner)
+            rows.append(
+                {
+                    "component": name,
+                    "part": label,
+                    "params": sum(p.numel() for p in ps),
+                    "trainable_params": sum(p.numel() for p in ps if p.requires_grad),
+                    "flops": int(flops),
+                }
+            )
+    return rows
 
 
 def _model_name(model: nn.Module) -> Any:

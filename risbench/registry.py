@@ -98,6 +98,9 @@ DATASETS = Registry("dataset", "risbench.data")
 LOSSES = Registry("loss", "risbench.train.losses")
 METRICS = Registry("metric", "risbench.train.metrics")
 OBJECTIVES = Registry("pretraining objective", "risbench.models.encoders")
+VISION_TOWERS = Registry("vision tower", "risbench.models.towers")
+TEXT_TOWERS = Registry("text tower", "risbench.models.towers")
+ADAPTERS = Registry("adapter", "risbench.models.adapters")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
@@ -107,6 +110,9 @@ REGISTRIES: dict[str, Registry] = {
     "losses": LOSSES,
     "metrics": METRICS,
     "objectives": OBJECTIVES,
+    "vision_towers": VISION_TOWERS,
+    "text_towers": TEXT_TOWERS,
+    "adapters": ADAPTERS,
 }
 
 

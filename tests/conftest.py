@@ -31,17 +31,21 @@ class EncoderKind:
         visual = [torch.randn(B, d, n, n, generator=g) for d, n in zip(self.spec.visual_dims, grids, strict=True)]
         text = [torch.randn(B, L, self.spec.text_dim, generator=g) for _ in visual]
         cls = [torch.randn(B, d, generator=g) for d in self.spec.visual_dims] if self.has_cls else None
-        return EncoderFeatures(visual, text, mask, cls)
+        sentence = torch.randn(B, self.spec.sentence_dim, generator=g) if "sentence" in self.spec.traits else None
+        return EncoderFeatures(visual, text, mask, cls, sentence)
 
 
 JOINT = frozenset({"joint_tokens", "single_scale", "visual_cls", "text_tokens"})
 PYRAMID = frozenset({"multi_scale", "text_tokens"})
+DUAL_VIT = frozenset({"single_scale", "text_tokens", "sentence"})
 # One per family of registered encoders; test_contracts checks that every registered encoder is one of them.
 ENCODER_KINDS = {
     # BEiT-3: one joint sequence, every stage at one width and one grid, a visual CLS
     "joint": EncoderKind("joint", FeatureSpec((32,) * 3, (16,) * 3, 32, JOINT), 64, True),
     # Swin + BERT: a 4-level pyramid and separate text features
     "pyramid": EncoderKind("pyramid", FeatureSpec((8, 16, 24, 32), (4, 8, 16, 32), 24, PYRAMID), 64, False),
+    # a plain ViT tower + a CLIP-like text tower (dual: DINOv2 + CLIP text): one grid, words, a sentence vector
+    "dual_vit": EncoderKind("dual_vit", FeatureSpec((32,) * 3, (16,) * 3, 24, DUAL_VIT, sentence_dim=20), 64, False),
 }
 
 
@@ -50,7 +54,7 @@ def with_extra_padding(feats: EncoderFeatures, extra: int = 3) -> EncoderFeature
     g = torch.Generator().manual_seed(7)
     text = [torch.cat([t, 100 * torch.randn(B, extra, t.shape[-1], generator=g)], 1) for t in feats.text]
     mask = torch.cat([feats.text_pad_mask, torch.ones(B, extra, dtype=torch.bool)], 1)
-    return EncoderFeatures(feats.visual, text, mask, feats.visual_cls)
+    return EncoderFeatures(feats.visual, text, mask, feats.visual_cls, feats.sentence)
 
 
 def build_tiny(fpn: str, decoder: str, kind: EncoderKind, **overrides: Any) -> tuple[FPN, Decoder]:

@@ -49,11 +49,34 @@ def render_table(result: dict, console: Console) -> None:
     total = result["total"]
     table.add_row("total", f"{millions(total['params']):.2f}", f"{giga(total['flops']):.2f}", style="bold")
     console.print(table)
+    if any(row["part"] != row["component"] for row in result.get("parts", [])):
+        parts = Table(title="parts", title_justify="left")
+        for col in ("component", "part", "params (M)", "trainable (M)", "frozen (M)", "GFLOPs"):
+            parts.add_column(col, justify="left" if col in ("component", "part") else "right")
+        for row in result["parts"]:
+            frozen = row["params"] - row["trainable_params"]
+            parts.add_row(
+                row["component"],
+                row["part"],
+                f"{millions(row['params']):.3f}",
+                f"{millions(row['trainable_params']):.3f}",
+                f"{millions(frozen):.3f}",
+                f"{giga(row['flops']):.3f}",
+            )
+        console.print(parts)
     inp = result["input"]
     uncounted = ", ".join(f"{op} x{n}" for op, n in result["uncounted_ops"].items()) or "none"
     lines = [
         f"params: total {millions(total['params']):.2f}M, trainable {millions(total['trainable_params']):.2f}M, "
         f"frozen {millions(total['frozen_params']):.2f}M",
+        *(
+            [
+                f"encoder: trainable params are {100 * result['encoder_trainable_share_of_frozen']:.2f}% "
+                "of its frozen ones"
+            ]
+            if "encoder_trainable_share_of_frozen" in result
+            else []
+        ),
         f"input: image {inp['image_size']}x{inp['image_size']}, text length {inp['text_len']} "
         f"(full tokenised length incl. <s> and </s>, no padding), batch {inp['batch_size']}",
         f"weights: {result['weights']}",

@@ -8,6 +8,7 @@ with a message that names both sides. Vocabulary:
   visual_cls     a visual CLS token travels with the visual features
   text_tokens    per-word text features travel with the output
   pyramid        (FPN output) a multi-scale list of fused maps travels with the output
+  sentence       a sentence vector (B, sentence_dim) travels with the output (CLIP's projected EOT feature)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FeatureSpec:
     visual_strides: tuple[int, ...]
     text_dim: int
     traits: frozenset[str]
+    sentence_dim: int = 0  # width of `EncoderFeatures.sentence` (trait "sentence"); 0 when there is none
 
 
 @dataclass
@@ -35,13 +37,15 @@ class EncoderFeatures:
 
     visual: (B, C_k, H_k, W_k) per stage (patch grid only, no CLS);
     text: (B, L, C_t) per stage (a dual encoder repeats its final text states);
-    text_pad_mask: (B, L) bool, True on padding; visual_cls: (B, C_k) per stage, or None.
+    text_pad_mask: (B, L) bool, True on padding; visual_cls: (B, C_k) per stage, or None;
+    sentence: (B, S) sentence vector (trait "sentence"), or None.
     """
 
     visual: list[Tensor]
     text: list[Tensor]
     text_pad_mask: Tensor
     visual_cls: list[Tensor] | None = None
+    sentence: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class FusedSpec:
     traits: frozenset[str]
     pyramid_dims: tuple[int, ...] = ()  # channels of `FusedFeatures.pyramid`, finest first
     pyramid_strides: tuple[int, ...] = ()
+    sentence_dim: int = 0  # width of `FusedFeatures.sentence` (trait "sentence"); 0 when there is none
 
 
 @dataclass
@@ -60,7 +65,8 @@ class FusedFeatures:
     """The FPN's output: one fused visual map plus text tokens at the same width `dim`.
 
     visual: (B, D, H, W); text: (B, L, D); text_pad_mask: (B, L) True on pad; visual_cls: (B, D) or None;
-    pyramid: optional multi-scale fused maps, finest first (LAVT-style FPNs over a pyramid encoder).
+    pyramid: optional multi-scale fused maps, finest first (LAVT-style FPNs over a pyramid encoder);
+    sentence: (B, S) sentence vector (trait "sentence"), or None.
     """
 
     visual: Tensor
@@ -68,6 +74,7 @@ class FusedFeatures:
     text_pad_mask: Tensor
     visual_cls: Tensor | None = None
     pyramid: list[Tensor] | None = None
+    sentence: Tensor | None = None
 
 
 @dataclass
@@ -163,3 +170,43 @@ def attention_mask_from_padding(pad_mask: Tensor, num_prefix: int) -> Tensor:
     """Key mask for SDPA over [prefix tokens (never masked); text tokens]: (B, 1, 1, N) bool, True = attend."""
     keep_prefix = torch.ones(pad_mask.shape[0], num_prefix, dtype=torch.bool, device=pad_mask.device)
     return torch.cat([keep_prefix, ~pad_mask], dim=1)[:, None, None, :]
+
+
+class Adapter(nn.Module):
+    """Base class of PEFT adapters that a tower injects into its frozen blocks (risbench.models.adapters).
+
+    Placement: in parallel with the block's FFN; `scale * adapter(...)` is added to the FFN output (inside
+    the tower's layer scale, if it has one). `reads` says what the adapter sees: "ffn_input" (the FFN's
+    normed input, DINOv2 + DenseAligner) or "residual" (the residual stream after attention, CLIP +
+    TextAdapter). forward(x (B, P, D), prefix (tokens before the patch grid / the words), grid (H, W) or
+    None, context (B, L, C) or None, context_pad_mask (B, L) or None) -> (B, P, D)."""
+
+    reads: ClassVar[str] = "ffn_input"
+    needs_context: ClassVar[bool] = False
+    tiny_options: ClassVar[dict[str, Any]] = {}
+    scale: float
+
+
+class VisionTower(nn.Module):
+    """Base class of vision towers: `forward(image, context, context_pad_mask) -> list of (B, C, H, W) maps`.
+
+    `context` (text features) is passed to adapters that need it (None when none does)."""
+
+    out_dims: tuple[int, ...]
+    out_strides: tuple[int, ...]
+    traits: frozenset[str]
+    image_size: int
+    weights: str
+    tiny_options: ClassVar[dict[str, Any]] = {}
+
+
+class TextTower(nn.Module):
+    """Base class of text towers: `forward(text_ids, text_pad_mask) -> (words (B, L, D), sentence (B, S))`."""
+
+    dim: int
+    sentence_dim: int
+    vocab_size: int
+    max_text_len: int
+    weights: str
+    tokenizer_family: ClassVar[str] = "clip_bpe"
+    tiny_options: ClassVar[dict[str, Any]] = {}

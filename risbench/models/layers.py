@@ -31,12 +31,15 @@ class Attention(nn.Module):
     `key_mask`: bool, broadcastable to (B, heads, Nq, Nk), True = attend.
     """
 
-    def __init__(self, dim: int, num_heads: int, kv_dim: int | None = None, bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, kv_dim: int | None = None, bias: bool = True, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         kv_dim = kv_dim or dim
         self.num_heads = num_heads
+        self.dropout = dropout  # on the attention weights, training only (nn.MultiheadAttention's dropout)
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(kv_dim, dim, bias=bias)
         self.v_proj = nn.Linear(kv_dim, dim, bias=bias)
@@ -45,11 +48,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         context = x if context is None else context
         q, k, v = self.q_proj(x), self.k_proj(context), self.v_proj(context)
-        out = sdpa_heads(q, k, v, self.num_heads, key_mask)
+        out = sdpa_heads(q, k, v, self.num_heads, key_mask, self.dropout if self.training else 0.0)
         return self.out_proj(out)
 
 
-def sdpa_heads(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None) -> Tensor:
+def sdpa_heads(
+    q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
     """Split (B, N, D) q/k/v into heads, run SDPA, merge heads back to (B, Nq, D)."""
     b, nq, d = q.shape
     nk = k.shape[1]
@@ -57,7 +62,7 @@ def sdpa_heads(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor
     q = q.view(b, nq, num_heads, hd).transpose(1, 2)
     k = k.view(b, nk, num_heads, hd).transpose(1, 2)
     v = v.view(b, nk, num_heads, v.shape[-1] // num_heads).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(b, nq, -1)
 
 

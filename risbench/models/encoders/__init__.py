@@ -1,4 +1,4 @@
-"""The built-in encoders (BEiT-3, Swin + BERT) and their pretraining objectives. A new encoder is a new
-module here, added to this list."""
+"""The built-in encoders (BEiT-3, Swin + BERT, the tower-composing `dual`) and their pretraining objectives.
+A new encoder is a new module here, added to this list."""
 
-from risbench.models.encoders import beit3, beit3_pretrain, swin_bert  # noqa: F401  (registers them)
+from risbench.models.encoders import beit3, beit3_pretrain, dual, swin_bert  # noqa: F401  (registers them)

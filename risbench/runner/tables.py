@@ -103,7 +103,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _run_meta(run_dir: Path) -> dict[str, Any] | None:
+def run_meta(run_dir: Path) -> dict[str, Any] | None:
     meta = read_json(run_dir / "run.json")
     if meta is None and (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -122,7 +122,7 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
     rows = []
     run_dirs = sorted({p.parent for name in ("metrics.json", "flops.json") for p in runs_dir.rglob(name)})
     for run_dir in run_dirs:
-        meta = _run_meta(run_dir) or {}
+        meta = run_meta(run_dir) or {}
         base = {
             "experiment": meta.get("experiment", run_dir.parent.name),
             "run_id": run_dir.name,

@@ -177,7 +177,8 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)).save(img)
     out = tmp_path / "overlay.png"
     assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
-    assert Image.open(out).size == (30, 24)
+    figure = Image.open(out)  # input and result side by side, upscaled 16x (shorter side 24 -> 384)
+    assert figure.width == 2 * 30 * 16 + 3 * 8 and figure.height > 24 * 16
 
 
 def test_per_sentence_file_of_the_final_evaluation(finished_run):

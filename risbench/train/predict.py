@@ -1,4 +1,4 @@
-"""`predict`: one image + one expression -> the mask overlaid on the image (risbench predict)."""
+"""`predict`: one image + one expression -> the input beside the outlined mask (risbench predict)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import torch
 
 from risbench.data.transforms import ResizeNormalize, unmap_prediction
 from risbench.errors import RisbenchError
+from risbench.io import atomic_write_path
 from risbench.train.api import load_run
 from risbench.train.distributed import DistInfo
+from risbench.train.overlay import prediction_figure
 
 
 @torch.no_grad()
@@ -23,7 +25,8 @@ def predict(
     threshold: float | None = None,
     checkpoint: str = "auto",
 ) -> dict[str, Any]:
-    """Segment `expression` in one image with a trained run; save the mask overlaid on the image."""
+    """Segment `expression` in one image with a trained run; save the input beside the outlined mask, the
+    expression (and the existence score, when the decoder has one) under them (risbench.train.overlay)."""
     import numpy as np
     from PIL import Image
 
@@ -42,16 +45,17 @@ def predict(
     prob = torch.sigmoid(out.logits.float())[0, 0].cpu()
     meta = {"orig_size": rgb.shape[:2], "resize": resize}
     mask = (unmap_prediction(prob, meta) > threshold).numpy()
-    overlay = rgb.astype(np.float32).copy()
-    colour = np.array([255.0, 40.0, 40.0])
-    overlay[mask] = 0.45 * overlay[mask] + 0.55 * colour
+    existence = None if out.exist_logits is None else float(torch.sigmoid(out.exist_logits.float())[0])
+    figure = prediction_figure(rgb, mask, expression, existence=existence)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(out_path)
+    fmt = Image.registered_extensions().get(out_path.suffix.lower(), "PNG")
+    atomic_write_path(out_path, lambda tmp: figure.save(tmp, format=fmt))
     return {
         "out": str(out_path),
         "checkpoint": used,
         "threshold": threshold,
         "mask_fraction": float(mask.mean()),
         "image_size": list(rgb.shape[:2]),
+        "existence": existence,
+        "figure_size": [figure.height, figure.width],
     }

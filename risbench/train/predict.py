@@ -16,6 +16,22 @@ from risbench.train.overlay import prediction_figure
 
 
 @torch.no_grad()
+def segment(comp: Any, cfg: Any, rgb: Any, expression: str) -> tuple[Any, Any]:
+    """(foreground probability at the image's own resolution (H, W) numpy, the model's DecoderOutput) of
+    `expression` in the RGB array `rgb`, with a loaded run's components (risbench.train.api.load_run)."""
+    import numpy as np
+
+    enc = comp.model.encoder
+    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
+    img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
+    ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
+    dev = next(comp.model.parameters()).device
+    out = comp.model(img[None].to(dev), ids.to(dev), pad.to(dev))
+    prob = torch.sigmoid(out.logits.float())[0, 0].cpu()
+    return unmap_prediction(prob, {"orig_size": rgb.shape[:2], "resize": resize}).numpy(), out
+
+
+@torch.no_grad()
 def predict(
     run_dir: str | Path,
     image_path: str | Path,
@@ -36,15 +52,8 @@ def predict(
     if not image_path.is_file():
         raise RisbenchError(f"image not found: {image_path}")
     rgb = np.asarray(Image.open(image_path).convert("RGB"))
-    enc = comp.model.encoder
-    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
-    img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
-    ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
-    dev = next(comp.model.parameters()).device
-    out = comp.model(img[None].to(dev), ids.to(dev), pad.to(dev))
-    prob = torch.sigmoid(out.logits.float())[0, 0].cpu()
-    meta = {"orig_size": rgb.shape[:2], "resize": resize}
-    mask = (unmap_prediction(prob, meta) > threshold).numpy()
+    prob, out = segment(comp, cfg, rgb, expression)
+    mask = prob > threshold
     existence = None if out.exist_logits is None else float(torch.sigmoid(out.exist_logits.float())[0])
     figure = prediction_figure(rgb, mask, expression, existence=existence)
     out_path = Path(out_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,8 +50,10 @@ def benchmark_step(
     warmup: int = 5,
     text_len: int = 20,
     seed: int = 0,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
+    """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones; `on_step`
+    is called after each step with (phase 'warm-up' | 'timed', steps done in the phase, its total)."""
     if mode not in MODES:
         raise RisbenchError(f"--mode: expected one of {', '.join(MODES)}, got '{mode}'")
     if steps < 1 or warmup < 0 or batch_size < 1:
@@ -89,17 +92,20 @@ def benchmark_step(
 
     step = train_step if mode == "train" else infer_step
     net.train(mode == "train")
-    for _ in range(warmup):
+    report = on_step or (lambda phase, done, total: None)
+    for i in range(warmup):
         step()
+        report("warm-up", i + 1, warmup)
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
-    for _ in range(steps):
+    for i in range(steps):
         t0 = time.perf_counter()
         step()
         _sync(dev)
         times.append(time.perf_counter() - t0)
+        report("timed", i + 1, steps)
     median = statistics.median(times)
     result: dict[str, Any] = {
         "model": model,

@@ -78,23 +78,33 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="folder for bench.json (with provenance) and bench.md"),
     ) -> None:
         """ms/step, images/s and peak GPU memory of a training step or forward pass (random inputs, no data loading)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         from risbench.benchmark import benchmark_step
         from risbench.io import atomic_write_json, atomic_write_text
 
         console = Console()
         results = []
         for bs in batch_size:
-            result = benchmark_step(
-                model,
-                set_,
-                batch_size=bs,
-                amp=amp,
-                mode=mode,
-                device=device,
-                steps=steps,
-                warmup=warmup,
-                text_len=text_len,
-            )
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                task = progress.add_task(f"batch {bs}: building the model", total=warmup + steps)
+
+                def on_step(phase: str, done: int, total: int, bs: int = bs, task=task, progress=progress) -> None:
+                    progress.update(task, description=f"batch {bs}: {phase} step {done}/{total}", advance=1)
+
+                result = benchmark_step(
+                    model,
+                    set_,
+                    batch_size=bs,
+                    amp=amp,
+                    mode=mode,
+                    device=device,
+                    steps=steps,
+                    warmup=warmup,
+                    text_len=text_len,
+                    on_step=on_step,
+                )
             results.append(result)
             for line in render(result):
                 console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,8 +58,10 @@ def benchmark_step(
     warmup: int = 5,
     text_len: int = 20,
     seed: int = 0,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones."""
+    """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones; `on_step`
+    is called after each step with (phase 'warm-up' | 'timed', steps done in the phase, its total)."""
     if mode not in MODES:
         raise RisbenchError(f"--mode: expected one of {', '.join(MODES)}, got '{mode}'")
     if steps < 1 or warmup < 0 or batch_size < 1:
@@ -98,7 +101,7 @@ def benchmark_step(
     macs = measure(net, size, text_len)["total"]["flops"]
     step = train_step if mode == "train" else infer_step
     net.train(mode == "train")
-    times = time_steps(step, dev, steps, warmup)
+    times = time_steps(step, dev, steps, warmup, on_step)
     median = statistics.median(times)
     result: dict[str, Any] = {
         "model": model,
@@ -122,19 +125,29 @@ def benchmark_step(
     return _memory(result, dev)
 
 
-def time_steps(step, dev: torch.device, steps: int, warmup: int) -> list[float]:
-    """Seconds of each of `steps` calls of `step` after `warmup` untimed ones (CUDA synchronised)."""
-    for _ in range(warmup):
+def time_steps(
+    step: Callable[[], Any],
+    dev: torch.device,
+    steps: int,
+    warmup: int,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> list[float]:
+    """Seconds of each of `steps` calls of `step` after `warmup` untimed ones (CUDA synchronised);
+    `on_step(phase, done, total)` is told after each call."""
+    report = on_step or (lambda phase, done, total: None)
+    for i in range(warmup):
         step()
+        report("warm-up", i + 1, warmup)
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
-    for _ in range(steps):
+    for i in range(steps):
         t0 = time.perf_counter()
         step()
         _sync(dev)
         times.append(time.perf_counter() - t0)
+        report("timed", i + 1, steps)
     return times
 
 
@@ -176,6 +189,7 @@ def benchmark_pretrain_step(
     steps: int = 20,
     warmup: int = 5,
     seed: int = 0,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Time `steps` steps of a pretraining config's objective (random images, random word ids at the
     config's tokenizer.max_len) with `risbench pretrain`'s own step, after `warmup` untimed ones."""
@@ -205,7 +219,11 @@ def benchmark_pretrain_step(
         by_module, _ = count_flops(_ObjectiveLoss(objective), (image[:1].to(dev), ids[:1].to(dev), pad[:1].to(dev)))
     optimizer = build_optimizer(objective, cfg.train)
     times = time_steps(
-        lambda: pretrain_step(objective, optimizer, batch, dev, cfg.train.amp, cfg.train.clip_grad), dev, steps, warmup
+        lambda: pretrain_step(objective, optimizer, batch, dev, cfg.train.amp, cfg.train.clip_grad),
+        dev,
+        steps,
+        warmup,
+        on_step,
     )
     median = statistics.median(times)
     result: dict[str, Any] = {

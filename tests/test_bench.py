@@ -43,6 +43,18 @@ def test_bench_infer_mode_leaves_weights_alone():
     assert r["mode"] == "infer" and r["s_per_step_median"] > 0
 
 
+def test_bench_reports_each_step():
+    """`risbench bench` shows progress from these calls instead of staying silent for minutes on a CPU."""
+    from risbench.benchmark import benchmark_step
+
+    calls = []
+    benchmark_step(
+        "shared-ris-tiny", SMALL, batch_size=1, mode="infer", device="cpu", steps=2, warmup=1,
+        on_step=lambda *a: calls.append(a),
+    )  # fmt: skip
+    assert calls == [("warm-up", 1, 1), ("timed", 1, 2), ("timed", 2, 2)]
+
+
 def test_bench_bad_input_exits_2(capsys):
     assert main(["bench", "--model", "shared-ris-tiny", "--mode", "fit"]) == 2
     assert "--mode: expected one of train, infer, got 'fit'" in capsys.readouterr().err

@@ -214,6 +214,19 @@ def test_local_sweep_then_rerun_trains_nothing(
     assert _table_files(tmp_path) == first
 
 
+def test_run_writes_plots_unless_told_not_to(
+    tmp_path: Path, fake: FakeTrainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    path = write(tmp_path / "e.yaml", experiment())
+    assert main(run_args(path, tmp_path, "--gpus", "none", "--no-plots")) == 0
+    out = tmp_path / "results" / "mini"
+    assert not list(out.glob("*.png")) and not list(out.glob("*.pdf"))
+    assert main(run_args(path, tmp_path, "--gpus", "none")) == 0  # the fake runs log no curve and no sizes
+    assert sorted(p.name for p in out.glob("*.p[nd][gf]")) == ["cost.pdf", "cost.png", "metrics.pdf", "metrics.png"]
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG" and (out / "cost.pdf").read_bytes()[:5] == b"%PDF-"
+
+
 def test_killed_sweep_trains_only_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     monkeypatch.setattr(backends, "measure_flops", fake_flops)

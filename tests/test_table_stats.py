@@ -214,8 +214,9 @@ def test_latex_with_statistics_is_plain_ascii_and_rectangular(tmp_path: Path) ->
     text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
     assert text.isascii(), [c for c in text if not c.isascii()]
     rows = [line for line in text.splitlines() if line.endswith("\\\\")]
-    assert len(rows) == 4 and len({line.count("&") for line in rows}) == 1
-    assert "$\\Delta$ oIoU" in rows[0] and "]*" in rows[2] and rows[3].endswith("& ref & ref \\\\")
+    assert len(rows) == 5 and len({line.count("&") for line in rows[1:]}) == 1  # row 0 has \multicolumn
+    assert "\\multicolumn{2}{c}{oIoU}" in rows[0] and rows[1].endswith("& ours & $\\Delta$ & ours & $\\Delta$ \\\\")
+    assert rows[3].startswith("better &") and rows[3].count("$^*$") == 2 and rows[4].count("& ref") == 2
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")

@@ -110,9 +110,14 @@ def test_markdown_bold_and_underline(tmp_path: Path) -> None:
 def test_latex_booktabs_bold_underline(tmp_path: Path) -> None:
     text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
     assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
-    assert "\\textbf{70.00$\\pm$0.00}" in text
-    assert "\\underline{73.00$\\pm$4.97}" in text
-    assert "paper oIoU" in text and "\\caption{" in text
+    # one decimal where the column has a seed interval, the half-width small beside the mean
+    assert "\\textbf{70.0{\\scriptsize$\\pm$0.0}}" in text
+    assert "\\underline{73.0{\\scriptsize$\\pm$5.0}}" in text  # 4.303 * 2 / sqrt(3) = 4.97
+    assert "\\multicolumn{3}{c}{oIoU}" in text and "\\cmidrule(lr){9-11}" in text
+    assert " & ours & $\\Delta$ & paper & ours & $\\Delta$ & paper \\\\" in text
+    cris = next(line for line in text.splitlines() if line.startswith("cris &"))
+    assert "& n/a & 66.91 &" in cris and "$\\Delta$ n/a for none, cris: no per-sentence results" in text
+    assert "\\begin{table*}" in text and "\\caption{" in text
 
 
 def test_table_command_writes_atomically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,3 +152,19 @@ def test_latex_compiles_with_pdflatex(tmp_path: Path) -> None:
         ["bash", str(PROJECT_ROOT / "scripts" / "check_latex.sh"), str(tex)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "fits a one-column article and a two-column IEEE page" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_check_latex_fails_on_a_table_wider_than_the_page(tmp_path: Path) -> None:
+    """Without its shrink-to-fit box this 14-column table is wider than a one-column article: the check
+    must say so and fail, not print ok."""
+    text = export.render(tables.table_for_dir(write_runs(tmp_path)), "latex")
+    unboxed = text.replace(export.SHRINK_OPEN, "{%\n")
+    assert unboxed != text
+    tex = tmp_path / "wide.tex"
+    tex.write_text(unboxed)
+    result = subprocess.run(
+        ["bash", str(PROJECT_ROOT / "scripts" / "check_latex.sh"), str(tex)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "(article): overfull \\hbox" in result.stderr, result.stderr

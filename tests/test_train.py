@@ -177,7 +177,8 @@ def test_cli_eval_and_predict(finished_run, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)).save(img)
     out = tmp_path / "overlay.png"
     assert main(["predict", str(run_dir), str(img), "the red circle", "--out", str(out)]) == 0
-    assert Image.open(out).size == (30, 24)
+    figure = Image.open(out)  # input and result side by side, upscaled 16x (shorter side 24 -> 384)
+    assert figure.width == 2 * 30 * 16 + 3 * 8 and figure.height > 24 * 16
 
 
 def test_per_sentence_file_of_the_final_evaluation(finished_run):
@@ -249,3 +250,22 @@ def test_time_budget_stops_training(tmp_path):
     metrics = train_run(cfg, tmp_path / "run", quiet=True)
     assert metrics["train"]["steps"] == 1  # the first step already exceeds a 6 ms budget
     assert metrics["splits"]["val"]["num_sentences"] == 12
+
+
+def test_figure_grid_and_attention(finished_run, tmp_path, capsys):
+    """`risbench figure`: a qualitative grid of two runs and the attention maps of one, as PNG and PDF."""
+    from risbench.cli.main import main
+
+    _, run_dir, _ = finished_run
+    out = tmp_path / "grid.png"
+    args = ["figure", "grid", str(run_dir), str(run_dir), "--name", "a", "--name", "b", "-n", "2"]
+    assert main([*args, "--pick", "disagree", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "grid.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "(sentences 0, 1)" in capsys.readouterr().out  # identical runs: no spread, sentence order
+    att = tmp_path / "att"
+    assert main(["figure", "attention", str(run_dir), "--index", "1", "--out", str(att)]) == 0
+    assert (tmp_path / "att.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "att.pdf").is_file()
+    assert "encoder layer 1, encoder layer 2, fpn stage 1, fpn stage 2" in capsys.readouterr().out
+    assert main(["figure", "attention", str(run_dir), "--layer", "decoder layer 9", "--out", str(att)]) == 2
+    assert "kept: encoder layer 1" in capsys.readouterr().err
+    assert main(["figure", "grid", str(run_dir), "--pick", "disagree", "--out", str(out)]) == 2

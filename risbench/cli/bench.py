@@ -98,28 +98,41 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """ms/step, images/s, achieved GFLOP/s and peak GPU memory of a training step, forward pass or
         pretraining step (random inputs, no data loading)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         from risbench.benchmark import benchmark_pretrain_step, benchmark_step
         from risbench.io import atomic_write_json, atomic_write_text
 
         console = Console()
         results = []
         for bs in batch_size or [None if pretrain else 8]:
-            if pretrain:
-                result = benchmark_pretrain_step(
-                    pretrain, set_, batch_size=bs, device=device, steps=steps, warmup=warmup
-                )
-            else:
-                result = benchmark_step(
-                    model,
-                    set_,
-                    batch_size=bs,
-                    amp=amp,
-                    mode=mode,
-                    device=device,
-                    steps=steps,
-                    warmup=warmup,
-                    text_len=text_len,
-                )
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                label = "the pretraining batch" if bs is None else f"batch {bs}"
+                task = progress.add_task(f"{label}: building the model", total=warmup + steps)
+
+                def on_step(
+                    phase: str, done: int, total: int, label: str = label, task=task, progress=progress
+                ) -> None:
+                    progress.update(task, description=f"{label}: {phase} step {done}/{total}", advance=1)
+
+                if pretrain:
+                    result = benchmark_pretrain_step(
+                        pretrain, set_, batch_size=bs, device=device, steps=steps, warmup=warmup, on_step=on_step
+                    )
+                else:
+                    result = benchmark_step(
+                        model,
+                        set_,
+                        batch_size=bs,
+                        amp=amp,
+                        mode=mode,
+                        device=device,
+                        steps=steps,
+                        warmup=warmup,
+                        text_len=text_len,
+                        on_step=on_step,
+                    )
             results.append(result)
             for line in render(result):
                 console.print(line, highlight=False, markup=False, soft_wrap=True)

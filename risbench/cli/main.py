@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from risbench.cli import bench, data, flops, listing, pretrain, run, table, train
+from risbench.cli import bench, data, figure, flops, listing, pretrain, run, table, train
 from risbench.errors import RisbenchError
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ def _root() -> None:
     """Reproducible comparisons of fusion strategies for referring image segmentation."""
 
 
-for _module in (bench, data, flops, listing, pretrain, run, table, train):
+for _module in (bench, data, figure, flops, listing, pretrain, run, table, train):
     _module.register(app)
 
 

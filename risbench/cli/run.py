@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait", help="slurm backend: wait for the jobs, then build the table"),
         partition: str = typer.Option(None, "--partition", help="slurm partition"),
         timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="slurm time limit per run (minutes)"),
+        plots: bool = typer.Option(
+            True, "--plots/--no-plots", help="also write curves, IoU by size, metrics and cost plots (PNG + PDF)"
+        ),
     ) -> None:
         """Run an experiment: every run (variant x grid x seed) trained, evaluated and measured, then the table."""
         from risbench.runner.run import RunOptions, run_experiment
@@ -45,6 +48,7 @@ def register(app: typer.Typer) -> None:
             wait=wait,
             partition=partition,
             timeout_min=timeout_min,
+            plots=plots,
         )
         rc = run_experiment(file, opts, Console())
         if rc:

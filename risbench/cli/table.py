@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         run_dirs: list[Path] = typer.Argument(..., help="run folders written by `risbench train`"),
         name: list[str] = typer.Option([], "--name", help="a column name per run (default: the folder name)"),
         out: Path = typer.Option(None, "--out", help="write the Markdown here (atomically) instead of stdout"),
+        plot: Path = typer.Option(
+            None, "--plot", help="also plot the curves: PLOT.png and PLOT.pdf (a .png / .pdf suffix is dropped)"
+        ),
     ) -> None:
         """Learning curves: the val oIoU / mIoU each run logged while training, side by side by step."""
         from risbench.io import atomic_write_text
@@ -52,3 +55,10 @@ def register(app: typer.Typer) -> None:
             print(text, end="")
         else:
             atomic_write_text(out, text)
+        if plot is not None:
+            from risbench.runner.plot_data import curve_frame
+            from risbench.runner.plots import plot_curves
+
+            stem = plot.with_suffix("") if plot.suffix.lower() in (".png", ".pdf") else plot
+            written = plot_curves(curve_frame(list(run_dirs), list(name) or None), stem)
+            print("wrote " + " and ".join(str(p) for p in written))

@@ -65,6 +65,13 @@ class Tokenizer:
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         return ids, ids == self.pad_id
 
+    def _piece_strings(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def token_strings(self, text: str, max_len: int) -> list[str]:
+        """The text of each position `encode([text], max_len)` fills, specials included (for attention maps)."""
+        return ["<s>", *self._piece_strings(text)[: max_len - 2], "</s>"]
+
     def describe(self) -> str:
         """Where the vocabulary came from (for provenance)."""
         return f"{self.family}: {self._source} (vocab {self.vocab_size})"
@@ -91,6 +98,9 @@ class SentencePieceTokenizer(Tokenizer):
         """True for a model `_train_sentencepiece` wrote (bos 0, pad 1, eos 2, unk 3): its ids need no shift."""
         return (sp.bos_id(), sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2, 3)
 
+    def _piece_strings(self, text: str) -> list[str]:
+        return [p.replace("\u2581", "") or "\u2581" for p in self.sp.encode(text, out_type=str)]
+
     def _pieces(self, text: str) -> list[int]:
         ids = self.sp.encode(text)
         if self.xlmr_offset:
@@ -116,6 +126,9 @@ class WordPieceTokenizer(Tokenizer):
 
     def _pieces(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def _piece_strings(self, text: str) -> list[str]:
+        return list(self.tok.encode(text, add_special_tokens=False).tokens)
 
 
 # Part of the cache key: bump it when the training recipe of a tokenizer here changes, so that a cached

@@ -84,9 +84,36 @@ class DecoderOutput:
 
     logits: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)
+    # (B,) logit that the expression refers to something, from decoders with an existence head (none of
+    # the built-in ones has one); `risbench predict` prints its sigmoid when it is set
+    exist_logits: Tensor | None = None
 
 
-class Encoder(nn.Module):
+class AttentionMaps:
+    """Where each word looks (Shared-RIS Figs. 7-8): components with attention from the text tokens to the
+    image patches record it when asked. `keep_attention(True)` before a forward; `attention_maps()` after
+    it gives {name: (B, L, H, W)}: per text token, its softmax weights on the patch grid, mean over heads.
+    Components without such attention return {} (the default)."""
+
+    def keep_attention(self, on: bool = True) -> None:
+        """Start (clearing what was kept) or stop keeping attention maps in forward."""
+        object.__setattr__(self, "_kept_attention", {} if on else None)
+
+    def attention_maps(self) -> dict[str, Tensor]:
+        """The maps the last forward kept, in forward order."""
+        return dict(getattr(self, "_kept_attention", None) or {})
+
+    @property
+    def keeping_attention(self) -> bool:
+        return getattr(self, "_kept_attention", None) is not None
+
+    def _keep(self, name: str, probs: Tensor, patches: slice, text: slice, grid: tuple[int, int]) -> None:
+        """Keep `probs` (B, heads, N, N) of a joint sequence: rows `text`, columns `patches`, on `grid`."""
+        maps = probs.detach().float().mean(dim=1)[:, text, patches]
+        self._kept_attention[name] = maps.reshape(maps.shape[0], maps.shape[1], *grid).cpu()
+
+
+class Encoder(AttentionMaps, nn.Module):
     """Base class of encoders: `forward(image, text_ids, text_pad_mask) -> EncoderFeatures`."""
 
     tokenizer_family: ClassVar[str] = "sentencepiece"
@@ -108,7 +135,7 @@ class Encoder(nn.Module):
         return set()
 
 
-class FPN(nn.Module):
+class FPN(AttentionMaps, nn.Module):
     """Base class of FPNs/necks: `forward(EncoderFeatures) -> FusedFeatures`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -118,7 +145,7 @@ class FPN(nn.Module):
     out_spec: FusedSpec
 
 
-class Decoder(nn.Module):
+class Decoder(AttentionMaps, nn.Module):
     """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`."""
 
     requires: ClassVar[frozenset[str]] = frozenset()

@@ -51,6 +51,23 @@ class Attention(nn.Module):
         out = sdpa_heads(q, k, v, self.num_heads, key_mask, self.dropout if self.training else 0.0)
         return self.out_proj(out)
 
+    def probs(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """The attention weights (B, heads, Nq, Nk) of `forward(x, context, key_mask)`."""
+        context = x if context is None else context
+        return attention_probs(self.q_proj(x), self.k_proj(context), self.num_heads, key_mask)
+
+
+def attention_probs(q: Tensor, k: Tensor, num_heads: int, key_mask: Tensor | None = None) -> Tensor:
+    """The softmax weights (B, heads, Nq, Nk) that `sdpa_heads` applies (for attention maps, not training)."""
+    b, nq, d = q.shape
+    hd = d // num_heads
+    q = q.view(b, nq, num_heads, hd).transpose(1, 2)
+    k = k.view(b, k.shape[1], num_heads, hd).transpose(1, 2)
+    logits = (q @ k.transpose(-2, -1)) * hd**-0.5
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float("-inf"))
+    return logits.softmax(dim=-1)
+
 
 def sdpa_heads(
     q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None, dropout_p: float = 0.0

@@ -1,8 +1,7 @@
 """Export a TableData: CSV (plain numbers: per column mean, std, n, t-interval, difference from the
-reference row with its bootstrap interval, separable), Markdown and LaTeX (mean ± t-interval half-width,
-a Δ column per shown accuracy metric; pandas Styler, booktabs; best mean in bold, second underlined)
-and the caption. Files are written with risbench.train.checkpoint.atomic_write_text (temporary file +
-rename)."""
+reference row with its bootstrap interval, separable), Markdown (mean ± t-interval half-width, a Δ column
+per shown accuracy metric; best mean in bold, second underlined), LaTeX (risbench.runner.latex) and the
+caption. Callers write the text with risbench.io.atomic_write_text (temporary file + rename)."""
 
 from __future__ import annotations
 
@@ -16,25 +15,14 @@ import pandas as pd
 import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
-from risbench.runner.columns import COST, LABELS
+from risbench.runner.columns import COST, LABELS, fmt_paper, fmt_value
+from risbench.runner.latex import SHRINK_OPEN, to_latex
 from risbench.runner.pretrained import describe_weights
 from risbench.runner.table_stats import TableStats
-from risbench.runner.tables import DECIMALS, TableData, read_json
+from risbench.runner.tables import TableData, read_json
 
 FORMATS = ("csv", "markdown", "latex")
-
-
-def fmt_value(value: float, col: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.{DECIMALS.get(col, 2)}f}"
-
-
-def fmt_paper(value: float, col: str) -> str:
-    """The paper's numbers as printed there (whole M / GFLOPs, two decimals for percentages)."""
-    if value is None or math.isnan(value):
-        return ""
-    return f"{value:g}" if col in COST else f"{value:.2f}"
+__all__ = ["FORMATS", "SHRINK_OPEN", "fmt_paper", "fmt_value", "render", "to_csv", "to_latex", "to_markdown"]
 
 
 def _cell(t: TableData, variant: str, col: str, pm: str) -> str:
@@ -146,51 +134,6 @@ def to_markdown(t: TableData) -> str:
     if t.caption:
         out += f"\n{t.caption}\n"
     return out
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "×": r"$\times$",
-    "–": "--",
-    "Δ": r"$\Delta$",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def to_latex(t: TableData) -> str:
-    """LaTeX through pandas' Styler: booktabs rules (hrules), best in bold, second underlined."""
-    frame = _display_frame(t, "±", "–")
-    frame = frame.map(latex_escape)
-    frame.index = [latex_escape(v) for v in frame.index]
-    frame.columns = [latex_escape(c) for c in frame.columns]
-    best = t.best()
-    ours = list(frame.columns[: len(t.columns)])
-
-    def style_column(series: pd.Series) -> list[str]:
-        col = t.columns[ours.index(series.name)] if series.name in ours else None
-        if col is None or col not in best:
-            return [""] * len(series)
-        first, second = best[col]
-        return ["textbf:--rwrap;" if v in first else "underline:--rwrap;" if v in second else "" for v in t.mean.index]
-
-    styler = frame.style.apply(style_column, axis=0)
-    kwargs: dict[str, Any] = {"hrules": True, "column_format": "l" + "r" * len(frame.columns)}
-    if t.caption:
-        kwargs.update(caption=latex_escape(t.caption), label=t.label, position="t", position_float="centering")
-    return styler.to_latex(**kwargs)
 
 
 def render(t: TableData, fmt: str) -> str:

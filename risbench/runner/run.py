@@ -35,6 +35,7 @@ class RunOptions:
     wait: bool = False
     partition: str | None = None
     timeout_min: int = 24 * 60
+    plots: bool = True
 
 
 def parse_gpus(option: str) -> list[str] | None:
@@ -111,5 +112,10 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
 
     table, out = sweep.write_results(exp, runs_dir, opts.results_dir, command, seconds=time.time() - started)
     console.print(f"wrote {out}/table.{{csv,md,tex}} and command.txt", highlight=False)
+    if opts.plots:
+        plots = sweep.write_plots(exp, table, runs_dir, out)
+        stems = sorted({p.stem for p in plots})
+        if stems:
+            console.print(f"wrote {out}/{{{','.join(stems)}}}.{{png,pdf}}", highlight=False)
     print(to_markdown(table))
     return 1 if failed else 0

@@ -119,6 +119,15 @@ def write_results(
     return table, out
 
 
+def write_plots(exp: Experiment, table: tables.TableData, runs_dir: Path, out: Path) -> list[Path]:
+    """The plots of this expansion's runs next to its table (risbench.runner.plots); the paths written."""
+    from risbench.runner.plots import experiment_plots
+
+    exp_dir = Path(runs_dir) / exp.name
+    run_dirs = [exp_dir / r.run_id for r in exp.runs if (exp_dir / r.run_id).is_dir()]
+    return experiment_plots(table, run_dirs, out, split=exp.table.split, cost_scope=exp.table.cost)
+
+
 def efficiency_table(table: tables.TableData, title: str) -> Table:
     """The Params/GFLOPs columns (ours and the paper's) as a rich table for the terminal."""
     out = Table(title=title, title_justify="left")

@@ -22,12 +22,11 @@ import yaml
 
 from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
-from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
+from risbench.runner.columns import COLUMNS, DECIMALS, HIGHER_IS_BETTER
 from risbench.runner.stats import DEFAULT_REPLICATES
 from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
 
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
-DECIMALS = {"params": 2, "gflops": 2}  # accuracy columns: 2 decimals, as the paper
 
 
 # ---------------------------------------------------------------- reading run outputs
@@ -104,7 +103,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _run_meta(run_dir: Path) -> dict[str, Any] | None:
+def run_meta(run_dir: Path) -> dict[str, Any] | None:
     meta = read_json(run_dir / "run.json")
     if meta is None and (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -123,7 +122,7 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
     rows = []
     run_dirs = sorted({p.parent for name in ("metrics.json", "flops.json") for p in runs_dir.rglob(name)})
     for run_dir in run_dirs:
-        meta = _run_meta(run_dir) or {}
+        meta = run_meta(run_dir) or {}
         base = {
             "experiment": meta.get("experiment", run_dir.parent.name),
             "run_id": run_dir.name,
@@ -167,14 +166,14 @@ class TableData:
     stats: TableStats | None = None  # intervals and differences from the reference row
     count: pd.DataFrame | None = None  # seeds with a value, per variant x column
 
-    def best(self) -> dict[str, tuple[set[str], set[str]]]:
+    def best(self, decimals: dict[str, int] | None = None) -> dict[str, tuple[set[str], set[str]]]:
         """Per ranked column: (variants with the best value, variants with the second best), at display
-        precision, computed from our means (ties share a rank)."""
+        precision (`decimals` per column where a format prints fewer), from our means (ties share a rank)."""
         out = {}
         for col in self.columns:
             if col not in HIGHER_IS_BETTER:
                 continue
-            values = self.mean[col].dropna().round(DECIMALS.get(col, 2))
+            values = self.mean[col].dropna().round((decimals or {}).get(col, DECIMALS.get(col, 2)))
             distinct = sorted(set(values), reverse=True)
             first = {v for v, x in values.items() if distinct and x == distinct[0]}
             second = {v for v, x in values.items() if len(distinct) > 1 and x == distinct[1]}

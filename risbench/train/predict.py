@@ -1,4 +1,4 @@
-"""`predict`: one image + one expression -> the mask overlaid on the image (risbench predict)."""
+"""`predict`: one image + one expression -> the input beside the outlined mask (risbench predict)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,26 @@ import torch
 
 from risbench.data.transforms import ResizeNormalize, unmap_prediction
 from risbench.errors import RisbenchError
+from risbench.io import atomic_write_path
 from risbench.train.api import load_run
 from risbench.train.distributed import DistInfo
+from risbench.train.overlay import prediction_figure
+
+
+@torch.no_grad()
+def segment(comp: Any, cfg: Any, rgb: Any, expression: str) -> tuple[Any, Any]:
+    """(foreground probability at the image's own resolution (H, W) numpy, the model's DecoderOutput) of
+    `expression` in the RGB array `rgb`, with a loaded run's components (risbench.train.api.load_run)."""
+    import numpy as np
+
+    enc = comp.model.encoder
+    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
+    img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
+    ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
+    dev = next(comp.model.parameters()).device
+    out = comp.model(img[None].to(dev), ids.to(dev), pad.to(dev))
+    prob = torch.sigmoid(out.logits.float())[0, 0].cpu()
+    return unmap_prediction(prob, {"orig_size": rgb.shape[:2], "resize": resize}).numpy(), out
 
 
 @torch.no_grad()
@@ -23,7 +41,8 @@ def predict(
     threshold: float | None = None,
     checkpoint: str = "auto",
 ) -> dict[str, Any]:
-    """Segment `expression` in one image with a trained run; save the mask overlaid on the image."""
+    """Segment `expression` in one image with a trained run; save the input beside the outlined mask, the
+    expression (and the existence score, when the decoder has one) under them (risbench.train.overlay)."""
     import numpy as np
     from PIL import Image
 
@@ -33,25 +52,19 @@ def predict(
     if not image_path.is_file():
         raise RisbenchError(f"image not found: {image_path}")
     rgb = np.asarray(Image.open(image_path).convert("RGB"))
-    enc = comp.model.encoder
-    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
-    img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
-    ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
-    dev = next(comp.model.parameters()).device
-    out = comp.model(img[None].to(dev), ids.to(dev), pad.to(dev))
-    prob = torch.sigmoid(out.logits.float())[0, 0].cpu()
-    meta = {"orig_size": rgb.shape[:2], "resize": resize}
-    mask = (unmap_prediction(prob, meta) > threshold).numpy()
-    overlay = rgb.astype(np.float32).copy()
-    colour = np.array([255.0, 40.0, 40.0])
-    overlay[mask] = 0.45 * overlay[mask] + 0.55 * colour
+    prob, out = segment(comp, cfg, rgb, expression)
+    mask = prob > threshold
+    existence = None if out.exist_logits is None else float(torch.sigmoid(out.exist_logits.float())[0])
+    figure = prediction_figure(rgb, mask, expression, existence=existence)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(out_path)
+    fmt = Image.registered_extensions().get(out_path.suffix.lower(), "PNG")
+    atomic_write_path(out_path, lambda tmp: figure.save(tmp, format=fmt))
     return {
         "out": str(out_path),
         "checkpoint": used,
         "threshold": threshold,
         "mask_fraction": float(mask.mean()),
         "image_size": list(rgb.shape[:2]),
+        "existence": existence,
+        "figure_size": [figure.height, figure.width],
     }

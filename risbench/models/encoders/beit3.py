@@ -257,6 +257,9 @@ class Beit3Encoder(Encoder):
         key_mask = attention_mask_from_padding(text_pad_mask, split)
         visual, text, cls = [], [], []
         for j, layer in enumerate(self.encoder.layers, start=1):
+            if self.keeping_attention:  # the joint softmax: text tokens' weights on the patches
+                probs = layer.self_attn.probs(layer.self_attn_layer_norm(x, split), split, key_mask)
+                self._keep(f"encoder layer {j}", probs, slice(1, split), slice(split, None), (self.grid, self.grid))
             x = layer(x, split, key_mask)
             if j in self.out_indices:
                 h = self.encoder.layer_norm(x, split) if j == self.depth else x

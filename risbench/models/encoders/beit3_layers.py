@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from risbench.errors import RisbenchError
-from risbench.models.layers import DropPath, conv_bn_relu
+from risbench.models.layers import DropPath, attention_probs, conv_bn_relu
 
 # fairseq convention kept by torchscale: position ids start at 2, rows 0 and 1 of both tables are unused
 POSITION_OFFSET = 2
@@ -69,6 +69,10 @@ class MultiwayAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # scale head_dim**-0.5
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.out_proj(self.inner_attn_ln(out, split), split)
+
+    def probs(self, x: Tensor, split: int, key_mask: Tensor | None) -> Tensor:
+        """The softmax weights (B, heads, N, N) of `forward` on the same input (for attention maps)."""
+        return attention_probs(self.q_proj(x, split), self.k_proj(x, split), self.num_heads, key_mask)
 
 
 class Beit3Layer(nn.Module):

@@ -102,6 +102,9 @@ class SharedFPN(FPN):
         outs = []
         for k in range(len(self.proj)):
             h = torch.cat(self.projected_stage(feats, k), dim=1)
+            if self.keeping_attention:
+                probs = self.attn[k].probs(self.norm[k](h), key_mask=mask)
+                self._keep(f"fpn stage {k + 1}", probs, slice(int(has_cls), num_prefix), slice(num_prefix, None), grid)
             outs.append(self.attn[k](self.norm[k](h), key_mask=mask) + h)
         z = self.fuse(torch.cat(outs, dim=-1))
         return _split_fused(z, num_prefix, has_cls, grid, feats.text_pad_mask)

@@ -140,10 +140,21 @@ def register(app: typer.Typer) -> None:
 
         if not csv_path.exists():
             raise RisbenchError(f"{csv_path} not found: write one with `risbench eval RUN_DIR --per-sentence`")
-        frame = pd.read_csv(csv_path)
+        if not csv_path.is_file():
+            raise RisbenchError(f"{csv_path} is a folder: give a per-sentence CSV from `risbench eval --per-sentence`")
+        try:
+            frame = pd.read_csv(csv_path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+            raise RisbenchError(
+                f"{csv_path}: not a CSV ({reason}); give a per-sentence CSV from `risbench eval RUN_DIR --per-sentence`"
+            ) from None
         missing = {"exists", "iou", "sentence"} - set(frame.columns)
         if missing:
-            raise RisbenchError(f"{csv_path}: no column(s) {', '.join(sorted(missing))}; not a per-sentence CSV")
+            raise RisbenchError(
+                f"{csv_path}: no column(s) {', '.join(sorted(missing))}; not a per-sentence CSV (write one with "
+                f"`risbench eval RUN_DIR --per-sentence`)"
+            )
         table = breakdown(frame, threshold)
         rows = ["| words | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
         rows += [f"| {name} | " + " | ".join(f"{v:g}" for v in row) + " |" for name, row in table.iterrows()]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
+from risbench.data.images import read_rgb
 from risbench.data.safe_pickle import load_plain
 from risbench.errors import RisbenchError
 from risbench.registry import DATASETS
@@ -202,12 +203,8 @@ def load_refer(cfg: ReferConfig) -> ReferData:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    if not path.is_file():
-        raise RisbenchError(f"image not found: {path}")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    """An image of the dataset, decoded (a missing or truncated file is a RisbenchError naming it)."""
+    return read_rgb(path)
 
 
 @DATASETS.register("refer", config=ReferConfig)

@@ -27,6 +27,7 @@ from risbench.models.segmenter import build_segmenter
 from risbench.runner.progress import SweepProgress
 from risbench.spec import resolve_model_spec
 from risbench.train.api import train_run
+from risbench.train.rundir import is_finished, read_metrics
 
 DEFAULT_TEXT_LEN = 20
 
@@ -36,16 +37,6 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RisbenchError(f"{run_dir}: no config.yaml (prepare the run first)")
     return yaml.safe_load(path.read_text()) or {}
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its metrics.json exists (train_run writes it last)."""
-    return (Path(run_dir) / "metrics.json").is_file()
-
-
-def is_started(run_dir: Path) -> bool:
-    run_dir = Path(run_dir)
-    return (run_dir / "train_log.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
 
 
 def text_len_of(cfg: dict[str, Any]) -> int:
@@ -104,7 +95,7 @@ def execute_run(run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     if is_finished(run_dir):
-        metrics = _read_metrics(run_dir)
+        metrics = read_metrics(run_dir)
     else:
         metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
     ensure_flops(run_dir, cfg)
@@ -113,8 +104,8 @@ def execute_run(run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        return read_metrics(run_dir)
+    except RisbenchError:
         return {}
 
 

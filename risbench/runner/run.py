@@ -9,11 +9,12 @@ from pathlib import Path
 from rich.console import Console
 
 from risbench.errors import RisbenchError
+from risbench.io import check_writable
 from risbench.runner import backends, sweep
 from risbench.runner.experiment import load_experiment, parse_shard, shard_runs
 from risbench.runner.export import to_markdown
 from risbench.runner.pretrained import ensure_pretrained
-from risbench.runner.slurm import run_slurm
+from risbench.runner.slurm import require_submitit, run_slurm
 
 BACKENDS = ("local", "print", "slurm")
 
@@ -59,6 +60,11 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
     if opts.dry_run:
         console.print(sweep.dry_run_table(exp, runs, runs_dir))
         return 0
+
+    check_writable(runs_dir, "--runs-dir")  # before any run is prepared or trained
+    check_writable(opts.results_dir, "--results-dir")
+    if opts.backend == "slurm":
+        require_submitit()
 
     if opts.flops_only:
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)

@@ -15,7 +15,6 @@ A run directory holds:
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,13 +23,15 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
-from risbench.io import atomic_write_json, atomic_write_text, provenance
-from risbench.train.checkpoint import load_checkpoint, seed_everything
+from risbench.io import atomic_write_json, atomic_write_text, check_writable, provenance
+from risbench.spec import validate_spec
+from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
 from risbench.train.components import Components, build_components, build_split, process_settings
-from risbench.train.config import RunConfig, comparable, resolve_run_config
+from risbench.train.config import RunConfig, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
 from risbench.train.metrics import SentenceResult
+from risbench.train.rundir import check_config, is_finished, read_metrics, remove_unstarted
 from risbench.train.sentences import per_sentence_path, write_per_sentence
 from risbench.train.trainer import train
 
@@ -112,9 +113,11 @@ def train_run(
     """Train one run config into `run_dir` and evaluate it; returns the metrics.json content.
 
     A finished run (metrics.json present, same config) is skipped and its metrics returned. An
-    interrupted one resumes from checkpoints/last.pt (unless `resume=False`, which starts over). A run
-    directory holding a different config is an error. `interrupt_after` stops after that many steps
-    with a checkpoint and returns {"interrupted": True, "step": ...} (simulates a preemption).
+    interrupted one resumes from checkpoints/last.pt (unless `resume=False`, which starts over). A started
+    run directory holding a different config is an error; one that never started (a config.yaml only) is
+    taken over, and a call that fails before its first step removes the folder it created.
+    `interrupt_after` stops after that many steps with a checkpoint and returns
+    {"interrupted": True, "step": ...} (simulates a preemption).
     Under torchrun every rank calls this; only rank 0 writes files.
     """
     t_start = time.perf_counter()
@@ -122,28 +125,31 @@ def train_run(
     run_dir = Path(run_dir)
     resolved["run_dir"] = str(run_dir)
     resolved = _roundtrip(resolved)
+    validate_spec(resolved["model"], "model")  # every option checked before anything is written
     info = init_distributed()
-    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
-    if cfg_path.exists() and resume:
-        old = yaml.safe_load(cfg_path.read_text()) or {}
-        if comparable(old) != comparable(resolved):
-            raise RisbenchError(
-                f"{run_dir} holds a run with a different config; choose another --run-dir, or delete it, "
-                f"or pass --no-resume to start over there"
-            )
-        if metrics_path.exists():
-            return json.loads(metrics_path.read_text())
+    cfg_path = run_dir / "config.yaml"
+    if resume:
+        check_config(run_dir, resolved)
+        if is_finished(run_dir):
+            return read_metrics(run_dir)
+    created = not run_dir.exists()
     if info.is_main:
+        check_writable(run_dir, "run folder")
         if not resume:
-            for path in (metrics_path, run_dir / "train_log.jsonl"):
+            for path in (run_dir / "metrics.json", run_dir / "train_log.jsonl"):
                 path.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
     barrier(info)
 
-    with process_settings(run_cfg, info.device):
-        return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start)
+    try:
+        with process_settings(run_cfg, info.device):
+            return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start)
+    except BaseException:
+        if info.is_main:
+            remove_unstarted(run_dir, created)
+        raise
 
 
 def _train_and_evaluate(
@@ -166,7 +172,8 @@ def _train_and_evaluate(
     which = run_cfg.eval.checkpoint
     used = "last"
     if which == "best" and (run_dir / "checkpoints" / "best.pt").exists():
-        comp.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", info.device)["model"])
+        best = run_dir / "checkpoints" / "best.pt"
+        load_model_state(comp.model, load_checkpoint(best, info.device), best, resolved["model"])
         used = "best"
     t_eval = time.perf_counter()
     split_seconds: dict[str, float] = {}
@@ -233,9 +240,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | Non
     path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
     if not path.exists():
         raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
-    comp.model.load_state_dict(load_checkpoint(path, info.device)["model"])
+    load_model_state(comp.model, load_checkpoint(path, info.device), path, resolved["model"])
     comp.model.eval()
     return cfg, resolved, comp, str(path)
+
+
+def eval_name(
+    splits: list[str], threshold: float, resolution: str, swap_text: bool, checkpoint: str, max_samples: int | None
+) -> str:
+    """The file name of an evaluation under evals/: every setting that changes its numbers is in it, so a
+    partial evaluation (`--max-samples`) or one of other weights never replaces a full one."""
+    name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
+    if checkpoint != "auto":
+        name += f"_ckpt-{Path(checkpoint).stem}"
+    return name + (f"_first{max_samples}" if max_samples is not None else "")
 
 
 def evaluate_run(
@@ -257,7 +275,11 @@ def evaluate_run(
     checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
     from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
     run_dir = Path(run_dir)
+    if max_samples is not None and max_samples < 1:
+        raise RisbenchError(f"--max-samples must be >= 1, got {max_samples}")
     info = init_distributed()
+    if write and info.is_main:
+        check_writable(run_dir / "evals", "run folder")
     cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
     threshold = cfg.eval.threshold if threshold is None else threshold
     resolution = resolution or cfg.eval.resolution
@@ -281,7 +303,7 @@ def evaluate_run(
         "checkpoint": used,
     }
     if write and info.is_main:
-        name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
+        name = eval_name(splits, threshold, resolution, swap_text, checkpoint, max_samples)
         if per_sentence:
             for split, items in sentences.items():
                 atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from risbench.data.images import read_rgb
 from risbench.data.transforms import ResizeNormalize, unmap_prediction
-from risbench.errors import RisbenchError
+from risbench.io import atomic_write_path, check_writable
 from risbench.train.api import load_run
 from risbench.train.distributed import DistInfo
 
@@ -27,12 +28,11 @@ def predict(
     import numpy as np
     from PIL import Image
 
+    rgb = read_rgb(Path(image_path))  # before the model is loaded: a bad image fails at once
+    out_path = Path(out_path)
+    check_writable(out_path.parent, "--out folder")
     cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo())
     threshold = cfg.eval.threshold if threshold is None else threshold
-    image_path = Path(image_path)
-    if not image_path.is_file():
-        raise RisbenchError(f"image not found: {image_path}")
-    rgb = np.asarray(Image.open(image_path).convert("RGB"))
     enc = comp.model.encoder
     transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
     img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
@@ -45,9 +45,7 @@ def predict(
     overlay = rgb.astype(np.float32).copy()
     colour = np.array([255.0, 40.0, 40.0])
     overlay[mask] = 0.45 * overlay[mask] + 0.55 * colour
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(out_path)
+    atomic_write_path(out_path, lambda tmp: Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(tmp, "PNG"))
     return {
         "out": str(out_path),
         "checkpoint": used,

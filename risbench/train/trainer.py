@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from risbench.errors import RisbenchError
-from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from risbench.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from risbench.train.components import Components, build_split
 from risbench.train.config import RunConfig
 from risbench.train.distributed import DistInfo, GlobalBatchSampler, barrier, broadcast_object, wrap_ddp
@@ -96,7 +96,7 @@ def train(
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=info.device)
-        model.load_state_dict(ckpt["model"])
+        load_model_state(model, ckpt, last, resolved["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         state = TrainState(**ckpt["state"])

@@ -27,6 +27,11 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait", help="slurm backend: wait for the jobs, then build the table"),
         partition: str = typer.Option(None, "--partition", help="slurm partition"),
         timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="slurm time limit per run (minutes)"),
+        keep_stale: bool = typer.Option(
+            False,
+            "--keep-stale",
+            help="local: keep finished runs of other code (marked stale in the table) instead of re-running them",
+        ),
     ) -> None:
         """Run an experiment: every run (variant x grid x seed) trained, evaluated and measured, then the table."""
         from risbench.runner.run import RunOptions, run_experiment
@@ -45,6 +50,7 @@ def register(app: typer.Typer) -> None:
             wait=wait,
             partition=partition,
             timeout_min=timeout_min,
+            keep_stale=keep_stale,
         )
         rc = run_experiment(file, opts, Console())
         if rc:

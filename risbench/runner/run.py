@@ -36,6 +36,7 @@ class RunOptions:
     wait: bool = False
     partition: str | None = None
     timeout_min: int = 24 * 60
+    keep_stale: bool = False
 
 
 def parse_gpus(option: str) -> list[str] | None:
@@ -111,7 +112,7 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
             console.print(f"when they finish: risbench table {runs_dir / exp.name} --format latex")
             return 0
     else:
-        failed = sweep.run_sweep(exp, runs, runs_dir, gpus=parse_gpus(opts.gpus))
+        failed = sweep.run_sweep(exp, runs, runs_dir, gpus=parse_gpus(opts.gpus), keep_stale=opts.keep_stale)
         if failed:
             console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}[/red]")
 

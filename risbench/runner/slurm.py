@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from risbench.errors import RisbenchError
-from risbench.runner.backends import execute_run, is_finished, nproc_of
+from risbench.runner.backends import execute_run, is_done, nproc_of
 
 
 def _slurm_job(run_dir: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def run_slurm(
     'debug' (DebugExecutor: in this process). With `wait`, blocks until every job ends and raises on a
     failed one. `job_fn(run_dir: str)` replaces what each task runs (tests). Returns the jobs."""
     submitit = require_submitit()
-    todo = [d for d in run_dirs if not is_finished(d)]
+    todo = [d for d in run_dirs if not is_done(d)]
     if not todo:
         return []
     folder = Path(folder) / "%j"

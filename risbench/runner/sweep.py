@@ -54,8 +54,10 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
 
 def run_status(exp: Experiment, run: Run, runs_dir: Path) -> str:
     run_dir = exp.run_dir(runs_dir, run)
-    if is_finished(run_dir):
+    if backends.is_done(run_dir):
         return "done"
+    if is_finished(run_dir):
+        return "stale"
     if is_started(run_dir):
         return "partial"
     return "new"
@@ -169,10 +171,11 @@ def run_sweep(
     runs_dir: Path,
     progress: SweepProgress | None = None,
     gpus: list[str] | None = None,
+    keep_stale: bool = False,
 ) -> list[str]:
     """Local backend: the unfinished runs, one after another (or packed onto GPUs). Returns failed run ids."""
     run_dirs = prepare_runs(exp, runs, runs_dir)
-    done = sum(is_finished(d) for d in run_dirs)
+    done = sum(backends.is_done(d) for d in run_dirs)
     progress = progress or SweepProgress(f"{exp.name}", total=len(run_dirs), done=done)
     with progress:
-        return backends.run_local(run_dirs, progress, split=exp.table.split, gpus=gpus)
+        return backends.run_local(run_dirs, progress, split=exp.table.split, gpus=gpus, keep_stale=keep_stale)

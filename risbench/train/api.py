@@ -26,12 +26,20 @@ from risbench.errors import RisbenchError
 from risbench.io import atomic_write_json, atomic_write_text, check_writable, provenance
 from risbench.spec import validate_spec
 from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
+from risbench.train.codeversion import code_version
 from risbench.train.components import Components, build_components, build_split, process_settings
 from risbench.train.config import RunConfig, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
 from risbench.train.metrics import SentenceResult
-from risbench.train.rundir import check_config, is_finished, read_metrics, remove_unstarted
+from risbench.train.rundir import (
+    VERSION_FILE,
+    check_config,
+    is_finished,
+    read_metrics,
+    remove_unstarted,
+    settle_code_version,
+)
 from risbench.train.sentences import per_sentence_path, write_per_sentence
 from risbench.train.trainer import train
 
@@ -128,24 +136,32 @@ def train_run(
     validate_spec(resolved["model"], "model")  # every option checked before anything is written
     info = init_distributed()
     cfg_path = run_dir / "config.yaml"
+    version = code_version(resolved)
+    if info.is_main:
+        check_writable(run_dir, "run folder")
     if resume:
         check_config(run_dir, resolved)
+        if info.is_main:  # a run of other code is moved to stale/ and trained again
+            settle_code_version(run_dir, version)
+        barrier(info)
         if is_finished(run_dir):
             return read_metrics(run_dir)
     created = not run_dir.exists()
     if info.is_main:
-        check_writable(run_dir, "run folder")
         if not resume:
             for path in (run_dir / "metrics.json", run_dir / "train_log.jsonl"):
                 path.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(run_dir / VERSION_FILE, {"code_version": version})
     barrier(info)
 
     try:
         with process_settings(run_cfg, info.device):
-            return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start)
+            return _train_and_evaluate(
+                run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version
+            )
     except BaseException:
         if info.is_main:
             remove_unstarted(run_dir, created)
@@ -161,6 +177,7 @@ def _train_and_evaluate(
     resume: bool,
     interrupt_after: int | None,
     t_start: float,
+    version: str,
 ) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.json"
     seed_everything(run_cfg.seed)  # before the model is built: its initial weights come from the seed
@@ -203,6 +220,7 @@ def _train_and_evaluate(
         },
         "provenance": {
             **_provenance(comp, run_cfg, resolved, info),
+            "code_version": version,  # of the code this process imported when it started
             "checkpoint": used,
             "timings": {
                 "train_seconds": round(state.train_seconds, 3),

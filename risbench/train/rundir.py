@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from risbench.errors import RisbenchError
+from risbench.io import atomic_write_json
 from risbench.train.config import comparable
 
 
@@ -68,3 +69,62 @@ def remove_unstarted(run_dir: Path, created: bool) -> None:
         return
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- code version (stale runs)
+
+VERSION_FILE = "code_version.json"  # the code version a started run trains with (written before step 1)
+STALE_FILE = "stale.json"  # a finished run of other code, kept on request (`risbench run --keep-stale`)
+OUTPUTS = ("metrics.json", "train_log.jsonl", "checkpoints", "evals", VERSION_FILE, STALE_FILE)
+
+
+def recorded_version(run_dir: Path) -> str | None:
+    """The code version that produced a finished run (metrics.json) or trains a started one; None when
+    unknown (a run from before code versions)."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        prov = read_metrics(run_dir).get("provenance")
+        return prov.get("code_version") if isinstance(prov, dict) else None
+    try:
+        return json.loads((run_dir / VERSION_FILE).read_text()).get("code_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_current(run_dir: Path, version: str) -> bool:
+    """A finished run produced by the code version `version`."""
+    return is_finished(run_dir) and recorded_version(run_dir) == version
+
+
+def archive_stale(run_dir: Path, old: str | None) -> Path:
+    """Move a run's outputs (metrics, log, checkpoints, evals) to stale/<old version>/, so that the run can
+    be trained again by the current code and nothing finished is lost. Returns the archive folder."""
+    run_dir = Path(run_dir)
+    base = run_dir / "stale" / (old or "unknown")
+    dest, n = base, 1
+    while dest.exists():
+        n += 1
+        dest = base.with_name(f"{base.name}-{n}")
+    dest.mkdir(parents=True)
+    for name in (*OUTPUTS, *(p.name for p in run_dir.glob("per_sentence.*"))):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), str(dest / name))
+    return dest
+
+
+def settle_code_version(run_dir: Path, version: str, keep_stale: bool = False) -> str:
+    """Make a run folder consistent with the code version `version` before it is reused or trained:
+    'new' (nothing started), 'current' (started or finished by this code), 'kept' (finished by other code
+    and `keep_stale`: marked stale.json, reused) or 'archived' (other code: outputs moved to stale/)."""
+    run_dir = Path(run_dir)
+    if not (is_started(run_dir) or is_finished(run_dir)):
+        return "new"
+    old = recorded_version(run_dir)
+    if old == version:
+        (run_dir / STALE_FILE).unlink(missing_ok=True)
+        return "current"
+    if keep_stale and is_finished(run_dir):
+        atomic_write_json(run_dir / STALE_FILE, {"code_version": old, "current_code_version": version})
+        return "kept"
+    archive_stale(run_dir, old)
+    return "archived"

@@ -29,9 +29,12 @@ from risbench.runner.tables import read_result
 from risbench.spec import resolve_model_spec
 from risbench.train.api import train_run
 from risbench.train.codeversion import FLOPS_ROOTS, code_version
+from risbench.train.lock import RunLocked, held_by_other, run_lock
 from risbench.train.rundir import is_current, is_finished, read_metrics, settle_code_version
+from risbench.train.signals import TrainingInterrupted
 
 DEFAULT_TEXT_LEN = 20
+LOCK_POLL_S = 1.0  # how often a sweep looks again at a run another process is training
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
@@ -112,12 +115,13 @@ def execute_run(run_dir: str | Path, quiet: bool = True, keep_stale: bool = Fals
     train again when finished by other code unless `keep_stale`), then measure it."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    settled = settle_code_version(run_dir, code_version(cfg), keep_stale=keep_stale)
-    if settled in ("current", "kept") and is_finished(run_dir):
-        metrics = read_metrics(run_dir)
-    else:
-        metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
-    ensure_flops(run_dir, cfg)
+    with run_lock(run_dir):  # RunLocked when another process trains it; never move a running run's files
+        settled = settle_code_version(run_dir, code_version(cfg), keep_stale=keep_stale)
+        if settled in ("current", "kept") and is_finished(run_dir):
+            metrics = read_metrics(run_dir)
+        else:
+            metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
+        ensure_flops(run_dir, cfg)
     return metrics
 
 
@@ -187,12 +191,22 @@ def run_local(
             ensure_flops(d)
     if gpus:
         return _run_on_gpus(todo, progress, split, gpus, keep_stale)
-    failed = []
-    for run_dir in todo:
+    failed: list[str] = []
+    pending = list(todo)
+    while pending:  # a run another process holds waits until it is released (finished, or its holder died)
+        run_dir = next((d for d in pending if held_by_other(d) is None), None)
+        if run_dir is None:
+            time.sleep(LOCK_POLL_S)
+            continue
+        pending.remove(run_dir)
         progress.start_run(run_dir.name, run_dir, "cpu", **expected_length(run_dir))
         try:
             metrics = execute_run(run_dir, quiet=True, keep_stale=keep_stale)
-        except KeyboardInterrupt:
+        except RunLocked:  # taken between the check and the start
+            progress.finish_run(run_dir.name, ok=False, note="taken by another process; waiting for it")
+            pending.append(run_dir)
+            continue
+        except (KeyboardInterrupt, TrainingInterrupted):
             progress.finish_run(run_dir.name, ok=False, note="interrupted")
             raise
         except RisbenchError:

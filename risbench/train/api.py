@@ -1,8 +1,5 @@
-"""Entry points for one run directory: `train_run` (train or resume or skip, then evaluate), `evaluate_run`,
-`load_run`.
-
-`evaluate_run` re-evaluates a run directory with other splits / threshold / resolution, or with swapped
-expressions.
+"""Entry point for one run directory: `train_run` (train or resume or skip, then evaluate). Evaluating a
+finished run again (`evaluate_run`, `load_run`) is in risbench.train.reeval.
 
 A run directory holds:
   config.yaml        the resolved config (written first; the model is its full spec)
@@ -15,6 +12,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from risbench.errors import RisbenchError
 from risbench.io import atomic_write_json, atomic_write_text, check_writable, provenance
 from risbench.spec import validate_spec
 from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
@@ -30,7 +27,8 @@ from risbench.train.codeversion import code_version
 from risbench.train.components import Components, build_components, build_split, process_settings
 from risbench.train.config import RunConfig, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
-from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
+from risbench.train.evaluate import SwappedText, evaluate_dataset
+from risbench.train.lock import run_lock
 from risbench.train.metrics import SentenceResult
 from risbench.train.rundir import (
     VERSION_FILE,
@@ -40,7 +38,7 @@ from risbench.train.rundir import (
     remove_unstarted,
     settle_code_version,
 )
-from risbench.train.sentences import per_sentence_path, write_per_sentence
+from risbench.train.sentences import write_per_sentence
 from risbench.train.trainer import train
 
 
@@ -95,7 +93,8 @@ def evaluate_splits(
     return out
 
 
-def _provenance(comp: Components, cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+def run_provenance(comp: Components, cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """Where a run's numbers came from: code, packages, device, weights, tokenizer, settings, data."""
     model = comp.model
     return {
         **provenance(info.device, info.world_size, cfg.seed),
@@ -135,10 +134,32 @@ def train_run(
     resolved = _roundtrip(resolved)
     validate_spec(resolved["model"], "model")  # every option checked before anything is written
     info = init_distributed()
-    cfg_path = run_dir / "config.yaml"
     version = code_version(resolved)
     if info.is_main:
         check_writable(run_dir, "run folder")
+    created = not run_dir.exists()
+    # one writer per run: rank 0 holds run_dir/.lock (RunLocked names the holder)
+    with run_lock(run_dir) if info.is_main else contextlib.nullcontext():
+        try:
+            return _claim_and_train(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version)
+        except BaseException:
+            if info.is_main:
+                remove_unstarted(run_dir, created)
+            raise
+
+
+def _claim_and_train(
+    run_cfg: RunConfig,
+    resolved: dict[str, Any],
+    run_dir: Path,
+    info: DistInfo,
+    quiet: bool,
+    resume: bool,
+    interrupt_after: int | None,
+    t_start: float,
+    version: str,
+) -> dict[str, Any]:
+    """Under the run's lock: reuse a finished run of this code, or write config.yaml and train."""
     if resume:
         check_config(run_dir, resolved)
         if info.is_main:  # a run of other code is moved to stale/ and trained again
@@ -146,26 +167,17 @@ def train_run(
         barrier(info)
         if is_finished(run_dir):
             return read_metrics(run_dir)
-    created = not run_dir.exists()
     if info.is_main:
         if not resume:
             for path in (run_dir / "metrics.json", run_dir / "train_log.jsonl"):
                 path.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_json(run_dir / VERSION_FILE, {"code_version": version})
     barrier(info)
-
-    try:
-        with process_settings(run_cfg, info.device):
-            return _train_and_evaluate(
-                run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version
-            )
-    except BaseException:
-        if info.is_main:
-            remove_unstarted(run_dir, created)
-        raise
+    with process_settings(run_cfg, info.device):
+        return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version)
 
 
 def _train_and_evaluate(
@@ -219,7 +231,7 @@ def _train_and_evaluate(
             "val_history": state.history,
         },
         "provenance": {
-            **_provenance(comp, run_cfg, resolved, info),
+            **run_provenance(comp, run_cfg, resolved, info),
             "code_version": version,  # of the code this process imported when it started
             "checkpoint": used,
             "timings": {
@@ -236,100 +248,3 @@ def _train_and_evaluate(
         atomic_write_json(metrics_path, metrics)
     barrier(info)
     return metrics
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None):
-    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory.
-    checkpoint: auto (the one the run's metrics came from: eval.checkpoint, falling back to last), best,
-    last, or a path."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise RisbenchError(f"{run_dir}: not a run directory (no config.yaml)")
-    resolved = yaml.safe_load(cfg_path.read_text())
-    cfg, _ = resolve_run_config(resolved)
-    info = info or init_distributed()
-    comp = build_components(cfg, resolved, info)
-    ckpts = run_dir / "checkpoints"
-    if checkpoint == "auto":
-        checkpoint = cfg.eval.checkpoint
-        if not (ckpts / f"{checkpoint}.pt").exists():
-            checkpoint = "last"
-    path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
-    if not path.exists():
-        raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
-    load_model_state(comp.model, load_checkpoint(path, info.device), path, resolved["model"])
-    comp.model.eval()
-    return cfg, resolved, comp, str(path)
-
-
-def eval_name(
-    splits: list[str], threshold: float, resolution: str, swap_text: bool, checkpoint: str, max_samples: int | None
-) -> str:
-    """The file name of an evaluation under evals/: every setting that changes its numbers is in it, so a
-    partial evaluation (`--max-samples`) or one of other weights never replaces a full one."""
-    name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
-    if checkpoint != "auto":
-        name += f"_ckpt-{Path(checkpoint).stem}"
-    return name + (f"_first{max_samples}" if max_samples is not None else "")
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    splits: list[str] | None = None,
-    threshold: float | None = None,
-    resolution: str | None = None,
-    swap_text: bool = False,
-    checkpoint: str = "auto",
-    max_samples: int | None = None,
-    write: bool = True,
-    per_sentence: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
-    <name>.<split>.csv with one row per sentence) and returns the JSON's content.
-
-    A full evaluation with the run's own settings (every sentence, its threshold, resolution and
-    checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
-    from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
-    run_dir = Path(run_dir)
-    if max_samples is not None and max_samples < 1:
-        raise RisbenchError(f"--max-samples must be >= 1, got {max_samples}")
-    info = init_distributed()
-    if write and info.is_main:
-        check_writable(run_dir / "evals", "run folder")
-    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
-    threshold = cfg.eval.threshold if threshold is None else threshold
-    resolution = resolution or cfg.eval.resolution
-    if resolution not in ("original", "input"):
-        raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
-    splits = splits or list(cfg.eval.splits)
-    sentences: dict[str, list[SentenceResult]] = {}
-    result = {
-        "splits": evaluate_splits(
-            comp,
-            cfg,
-            info,
-            splits,
-            threshold=threshold,
-            resolution=resolution,
-            swap_text=swap_text,
-            max_samples=max_samples,
-            sentences=sentences,
-        ),
-        "provenance": {**_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
-        "checkpoint": used,
-    }
-    if write and info.is_main:
-        name = eval_name(splits, threshold, resolution, swap_text, checkpoint, max_samples)
-        if per_sentence:
-            for split, items in sentences.items():
-                atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))
-        own = (threshold, resolution, checkpoint) == (cfg.eval.threshold, cfg.eval.resolution, "auto")
-        if own and max_samples is None and not swap_text:
-            for split, items in sentences.items():
-                if not per_sentence_path(run_dir, split).exists():
-                    write_per_sentence(run_dir, split, items, threshold, resolution)
-        atomic_write_json(run_dir / "evals" / f"{name}.json", result)
-        result["written_to"] = str(run_dir / "evals" / f"{name}.json")
-    return result

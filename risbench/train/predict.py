@@ -10,8 +10,8 @@ import torch
 from risbench.data.images import read_rgb
 from risbench.data.transforms import ResizeNormalize, unmap_prediction
 from risbench.io import atomic_write_path, check_writable
-from risbench.train.api import load_run
 from risbench.train.distributed import DistInfo
+from risbench.train.reeval import load_run
 
 
 @torch.no_grad()

@@ -68,24 +68,6 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny finished run (2 steps) to corrupt checkpoints of and predict with."""
-    import torch
-    from test_train import tiny_config
-
-    from risbench.train.api import train_run
-
-    tmp = tmp_path_factory.mktemp("trained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_run(tiny_config(tmp, max_steps=2, val_every=None), tmp / "run", quiet=True)
-    finally:
-        torch.set_num_threads(threads)
-    return tmp / "run"
-
-
 def _corrupt(data: bytes, how: str) -> bytes:
     if how == "empty":
         return b""
@@ -280,3 +262,28 @@ def test_slurm_backend_without_submitit_names_the_extra_before_preparing(tmp_pat
     err = _one_line_error(capsys, ["run", str(path), "--runs-dir", str(runs), "--backend", "slurm"])
     assert "pip install 'risbench[slurm]'" in err, err
     assert not runs.exists()
+
+
+# ------------------------------------------------------------------------------------------ issue 12, item 4
+
+
+def test_a_partial_evaluation_never_replaces_a_full_one(trained, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["eval", str(run)]) == 0
+    full = run / "evals" / "val_t0.35_original.json"
+    before = full.read_bytes()
+    assert json.loads(before)["splits"]["val"]["num_sentences"] > 1
+    assert main(["eval", str(run), "--max-samples", "1"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "best"]) == 0
+    assert full.read_bytes() == before  # untouched
+    partial = json.loads((run / "evals" / "val_t0.35_original_first1.json").read_text())
+    assert partial["splits"]["val"]["num_sentences"] == 1
+    assert (run / "evals" / "val_t0.35_original_ckpt-best.json").is_file()
+    assert (run / "per_sentence.val.csv.gz").read_bytes() == (trained / "per_sentence.val.csv.gz").read_bytes()
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["eval", str(run), "--max-samples", "0"])
+    assert "--max-samples must be >= 1" in err

@@ -67,8 +67,12 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option(..., "--dataset", help="a preset in registry/datasets/ or a YAML file"),
         root: str = typer.Option(None, "--root", help="the REFER data root (overrides the preset's)"),
         split: str = typer.Option(None, "--split", help="check only this split"),
+        deep: bool = typer.Option(
+            False, "--deep", help="also decode every image and mask and check each annotation is inside its image"
+        ),
     ) -> None:
-        """Verify a dataset's layout; print refs, sentences and images per split and list what is missing."""
+        """Verify a dataset's layout; print refs, sentences and images per split and list what is missing
+        (--deep: decode everything)."""
         from risbench.data import refer, synthref
         from risbench.data.build import dataset_class_and_config
 
@@ -96,6 +100,15 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  ... and {len(missing) - 20} more")
             raise RisbenchError(f"{len(missing)} missing under {cfg.root}, first: {missing[0]}; {p.layout()}")
         typer.echo("  layout ok")
+        if deep:
+            from risbench.data.refer_deep import deep_check
+
+            problems, images, anns = deep_check(refer.load_refer(cfg), list(report["splits"]))
+            for m in problems[:20]:
+                typer.echo(f"  bad: {m}")
+            if problems:
+                raise RisbenchError(f"data check --deep: {len(problems)} problems, first: {problems[0]}")
+            typer.echo(f"  deep check ok: {images} images decoded, {anns} annotations inside their images")
 
     @data_app.command("stats")
     def stats_cmd(

@@ -24,7 +24,13 @@ from risbench.io import atomic_write_json, atomic_write_text, check_writable, pr
 from risbench.spec import validate_spec
 from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
 from risbench.train.codeversion import code_version
-from risbench.train.components import Components, build_components, build_split, process_settings
+from risbench.train.components import (
+    Components,
+    build_components,
+    build_split,
+    check_first_batches,
+    process_settings,
+)
 from risbench.train.config import RunConfig, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset
@@ -194,6 +200,7 @@ def _train_and_evaluate(
     metrics_path = run_dir / "metrics.json"
     seed_everything(run_cfg.seed)  # before the model is built: its initial weights come from the seed
     comp = build_components(run_cfg, resolved, info)
+    check_first_batches(comp, run_cfg)  # data checked before compute
     state = train(run_cfg, resolved, run_dir, info, comp, quiet=quiet, resume=resume, interrupt_after=interrupt_after)
     if not state.done:
         return {"interrupted": True, "step": state.step}

@@ -8,6 +8,9 @@ A run directory holds:
   per_sentence.<split>.csv.gz  the final evaluation's counts per sentence (risbench.train.sentences)
   metrics.json       per split metrics + provenance (written last: its presence marks a finished run)
   evals/             results of later `risbench eval` calls
+  code_version.json  the code version training started with (risbench.train.codeversion)
+  .lock              held by the process that trains the run (risbench.train.lock)
+  stale/<version>/   outputs of earlier code, moved aside when the run is trained again (rundir.py)
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)") from None
     except Exception as exc:  # torch's zip reader, pickle and decoding raise assorted types on corrupt files
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:120]
         raise RisbenchError(f"{path}: not a readable checkpoint, truncated or corrupted ({reason}); {fix}") from None
     if not isinstance(state, dict):
         raise RisbenchError(f"{path}: not a risbench checkpoint (a {type(state).__name__}, not a dict); {fix}")

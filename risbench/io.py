@@ -16,6 +16,7 @@ from typing import IO, Any
 import torch
 
 from risbench.config import PROJECT_ROOT
+from risbench.errors import RisbenchError
 
 PACKAGES = ("risbench", "torch", "transformers", "fvcore", "tokenizers", "sentencepiece", "numpy")
 
@@ -58,6 +59,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON (no NaN) to `path` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def check_writable(path: Path, what: str = "output folder") -> None:
+    """Fail before any computation when `path` (a folder, existing or to be created) cannot be written:
+    the nearest existing folder on its way must be writable by this process (a read-only mount too)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise RisbenchError(f"{what} {path}: {probe} is a file, not a folder; choose another path")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=effective):
+        where = "" if probe == path else f" ({probe} is where it would be created)"
+        raise RisbenchError(f"{what} {path} is not writable{where}; choose a writable path or fix its permissions")
 
 
 def _git(*args: str) -> str | None:

@@ -88,7 +88,25 @@ class Registry:
             if params:
                 raise RisbenchError(f"{where}: {self.kind} '{name}' takes no options, got {sorted(params)}")
             return None
-        return to_dataclass(entry.config, params, where)
+        config = to_dataclass(entry.config, params, where)
+        check_sizes(config, where)
+        return config
+
+
+def is_size_field(name: str) -> bool:
+    """A component option that is a width, a count of heads or a size in pixels/tokens (must be >= 1)."""
+    return name in ("dim", "depth", "num_heads", "num_tokens") or name.endswith(("_dim", "_size"))
+
+
+def check_sizes(config: Any, where: str) -> None:
+    """Every integer size option of a (nested) config dataclass is >= 1: `fpn.dim=-5` fails here, with the
+    key, instead of deep inside torch when the model is built."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_sizes(value, f"{where}.{f.name}")
+        elif is_size_field(f.name) and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise RisbenchError(f"{where}.{f.name} must be >= 1 (a width, count or size), got {value}")
 
 
 ENCODERS = Registry("encoder", "risbench.models.encoders")

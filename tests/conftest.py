@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 
 from risbench.models.interfaces import FPN, Decoder, EncoderFeatures, FeatureSpec
@@ -65,3 +66,22 @@ def build_tiny(fpn: str, decoder: str, kind: EncoderKind, **overrides: Any) -> t
     dec_cls = DECODERS.get(decoder).obj
     dec_cfg = DECODERS.make_config(decoder, {**dec_cls.tiny_options, **overrides}, "decoder")
     return fpn_mod, dec_cls(dec_cfg, fpn_mod.out_spec, kind.spec)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny finished run (2 steps; tests/test_train.py's model and data) to evaluate, predict with and
+    corrupt copies of (do not change its folder)."""
+    import torch
+    from test_train import tiny_config
+
+    from risbench.train.api import train_run
+
+    tmp = tmp_path_factory.mktemp("trained")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(tiny_config(tmp, max_steps=2, val_every=None), tmp / "run", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "run"

@@ -21,6 +21,7 @@ from risbench.config import PROJECT_ROOT
 from risbench.runner import backends
 from risbench.runner.experiment import load_experiment
 from risbench.runner.progress import SweepProgress
+from risbench.train.codeversion import FLOPS_ROOTS, code_version
 
 TINY_DATA = {"preset": "synthref-refcoco+", "num_train": 32, "num_val": 8, "num_test": 8}
 TINY_TRAIN = {"max_steps": 2, "batch_size": 4, "log_every": 1, "val_every": None}
@@ -66,7 +67,10 @@ class FakeTrainer:
             raise KeyboardInterrupt  # the sweep is killed while this run trains
         fpn = cfg["model"]["fpn"]["name"]
         oiou = {"none": 50.0, "shared": 60.0}.get(fpn, 40.0) + cfg["seed"]
-        metrics = {"splits": {"val": {"oIoU": oiou, "mIoU": oiou + 1, "P@0.5": 70.0, "P@0.7": 40.0, "P@0.9": 5.0}}}
+        metrics = {
+            "splits": {"val": {"oIoU": oiou, "mIoU": oiou + 1, "P@0.5": 70.0, "P@0.7": 40.0, "P@0.9": 5.0}},
+            "provenance": {"code_version": code_version(cfg)},  # as train_run records it
+        }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
@@ -307,7 +311,8 @@ def fake_slurm_job(run_dir: str) -> dict:
     """What a LocalExecutor task runs in its own process in the test below (importable: tests/ on PYTHONPATH)."""
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    (run_dir / "flops.json").write_text(json.dumps(fake_flops(cfg)))
+    flops = {**fake_flops(cfg), "code_version": code_version(cfg, FLOPS_ROOTS)}
+    (run_dir / "flops.json").write_text(json.dumps(flops))
     return FakeTrainer()(cfg, run_dir)
 
 

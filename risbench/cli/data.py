@@ -67,8 +67,12 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option(..., "--dataset", help="a preset in registry/datasets/ or a YAML file"),
         root: str = typer.Option(None, "--root", help="the REFER data root (overrides the preset's)"),
         split: str = typer.Option(None, "--split", help="check only this split"),
+        deep: bool = typer.Option(
+            False, "--deep", help="also decode every image and mask and check each annotation is inside its image"
+        ),
     ) -> None:
-        """Verify a dataset's layout; print refs, sentences and images per split and list what is missing."""
+        """Verify a dataset's layout; print refs, sentences and images per split and list what is missing
+        (--deep: decode everything)."""
         from risbench.data import refer, synthref
         from risbench.data.build import dataset_class_and_config
 
@@ -96,6 +100,15 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  ... and {len(missing) - 20} more")
             raise RisbenchError(f"{len(missing)} missing under {cfg.root}, first: {missing[0]}; {p.layout()}")
         typer.echo("  layout ok")
+        if deep:
+            from risbench.data.refer_deep import deep_check
+
+            problems, images, anns = deep_check(refer.load_refer(cfg), list(report["splits"]))
+            for m in problems[:20]:
+                typer.echo(f"  bad: {m}")
+            if problems:
+                raise RisbenchError(f"data check --deep: {len(problems)} problems, first: {problems[0]}")
+            typer.echo(f"  deep check ok: {images} images decoded, {anns} annotations inside their images")
 
     @data_app.command("stats")
     def stats_cmd(
@@ -140,10 +153,21 @@ def register(app: typer.Typer) -> None:
 
         if not csv_path.exists():
             raise RisbenchError(f"{csv_path} not found: write one with `risbench eval RUN_DIR --per-sentence`")
-        frame = pd.read_csv(csv_path)
+        if not csv_path.is_file():
+            raise RisbenchError(f"{csv_path} is a folder: give a per-sentence CSV from `risbench eval --per-sentence`")
+        try:
+            frame = pd.read_csv(csv_path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+            raise RisbenchError(
+                f"{csv_path}: not a CSV ({reason}); give a per-sentence CSV from `risbench eval RUN_DIR --per-sentence`"
+            ) from None
         missing = {"exists", "iou", "sentence"} - set(frame.columns)
         if missing:
-            raise RisbenchError(f"{csv_path}: no column(s) {', '.join(sorted(missing))}; not a per-sentence CSV")
+            raise RisbenchError(
+                f"{csv_path}: no column(s) {', '.join(sorted(missing))}; not a per-sentence CSV (write one with "
+                f"`risbench eval RUN_DIR --per-sentence`)"
+            )
         table = breakdown(frame, threshold)
         rows = ["| words | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
         rows += [f"| {name} | " + " | ".join(f"{v:g}" for v in row) + " |" for name, row in table.iterrows()]

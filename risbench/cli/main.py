@@ -3,12 +3,14 @@ and turns user errors (RisbenchError) into one line on stderr and exit code 2.""
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import typer
 
 from risbench.cli import bench, data, figure, flops, listing, pretrain, run, table, train
 from risbench.errors import RisbenchError
+from risbench.train.signals import TrainingInterrupted
 
 app = typer.Typer(
     name="risbench",
@@ -35,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     except RisbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        command = shlex.join(["risbench", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted: {exc}; resume with: {command}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing was saved since the last checkpoint", file=sys.stderr)
+        return 130
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

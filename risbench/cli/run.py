@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
         plots: bool = typer.Option(
             True, "--plots/--no-plots", help="also write curves, IoU by size, metrics and cost plots (PNG + PDF)"
         ),
+        keep_stale: bool = typer.Option(
+            False,
+            "--keep-stale",
+            help="local: keep finished runs of other code (marked stale in the table) instead of re-running them",
+        ),
     ) -> None:
         """Run an experiment: every run (variant x grid x seed) trained, evaluated and measured, then the table."""
         from risbench.runner.run import RunOptions, run_experiment
@@ -49,6 +54,7 @@ def register(app: typer.Typer) -> None:
             partition=partition,
             timeout_min=timeout_min,
             plots=plots,
+            keep_stale=keep_stale,
         )
         rc = run_experiment(file, opts, Console())
         if rc:

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Evaluate a trained run (oIoU, mIoU, P@X, IoU by size, R-RIS r/rIoU); writes RUN_DIR/evals/*.json."""
-        from risbench.train.api import evaluate_run
+        from risbench.train.reeval import evaluate_run
 
         if resolution is not None and resolution not in ("original", "input"):
             raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
+from risbench.data.images import read_rgb
 from risbench.data.safe_pickle import load_plain
 from risbench.errors import RisbenchError
 from risbench.registry import DATASETS
@@ -46,9 +47,13 @@ class ReferConfig:
     split_by: str = "unc"  # unc | umd | google
     robust: bool = False  # R-RefCOCO: sentences with exist=False are negatives (empty target)
     folder: str | None = None  # folder under root; default: dataset, or "r" + dataset when robust
-    image_dir: str = "images/train2014"  # relative to root
+    image_dir: str = "images/train2014"  # relative to root; default: also finds images/mscoco/images/train2014
     refs_file: str | None = None  # default: <root>/<folder>/refs(<split_by>).p
     instances_file: str | None = None  # default: <root>/<folder>/instances.json
+
+
+DEFAULT_IMAGE_DIR = "images/train2014"  # risbench's layout
+REFER_API_IMAGE_DIR = "images/mscoco/images/train2014"  # the REFER API's (LAVT, CGFormer, DMMI set-ups)
 
 
 @dataclass
@@ -56,17 +61,32 @@ class ReferPaths:
     refs: Path
     instances: Path
     images: Path
+    root: Path | None = None  # set when the image folder was looked for in both known layouts
 
     def layout(self) -> str:
-        return f"expected layout: {self.refs}, {self.instances}, images under {self.images}/"
+        text = f"expected layout: {self.refs}, {self.instances}, images under {self.images}/"
+        if self.root is not None and not self.images.is_dir():
+            text += (
+                f"; no image folder found: neither {self.root / DEFAULT_IMAGE_DIR}/ (risbench) nor "
+                f"{self.root / REFER_API_IMAGE_DIR}/ (the REFER API's) exists; put COCO train2014 there "
+                f"or set data.image_dir"
+            )
+        return text
 
 
 def paths(cfg: ReferConfig) -> ReferPaths:
+    """Where the refs, instances and images of `cfg` are. With the default image_dir, the REFER API's
+    own layout (ROOT/images/mscoco/images/train2014/) is used when ours does not exist and it does."""
     root = Path(cfg.root)
     folder = root / (cfg.folder or (("r" if cfg.robust else "") + cfg.dataset))
     refs = Path(cfg.refs_file) if cfg.refs_file else folder / f"refs({cfg.split_by}).p"
     instances = Path(cfg.instances_file) if cfg.instances_file else folder / "instances.json"
-    return ReferPaths(refs, instances, root / cfg.image_dir)
+    if cfg.image_dir != DEFAULT_IMAGE_DIR:
+        return ReferPaths(refs, instances, root / cfg.image_dir)
+    images = root / DEFAULT_IMAGE_DIR
+    if not images.is_dir() and (root / REFER_API_IMAGE_DIR).is_dir():
+        images = root / REFER_API_IMAGE_DIR
+    return ReferPaths(refs, instances, images, root)
 
 
 class ReferData:
@@ -202,12 +222,8 @@ def load_refer(cfg: ReferConfig) -> ReferData:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    if not path.is_file():
-        raise RisbenchError(f"image not found: {path}")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    """An image of the dataset, decoded (a missing or truncated file is a RisbenchError naming it)."""
+    return read_rgb(path)
 
 
 @DATASETS.register("refer", config=ReferConfig)
@@ -242,6 +258,8 @@ class ReferDataset(RefDataset):
     def load_ref(self, index: int) -> LoadedRef:
         ref_id, ann_id, image_id, sentences = self.refs[index]
         path = self.data.image_path(image_id)
+        if not path.is_file():
+            raise RisbenchError(f"image not found: {path}; {self.data.paths.layout()}")
         image = read_image(path)
         mask = self.data.mask(ann_id)
         if image.shape[:2] != mask.shape:

@@ -25,10 +25,16 @@ from risbench.flops import measure
 from risbench.io import atomic_write_json
 from risbench.models.segmenter import build_segmenter
 from risbench.runner.progress import SweepProgress
+from risbench.runner.tables import read_result
 from risbench.spec import resolve_model_spec
 from risbench.train.api import train_run
+from risbench.train.codeversion import FLOPS_ROOTS, code_version
+from risbench.train.lock import RunLocked, held_by_other, run_lock
+from risbench.train.rundir import is_current, is_finished, read_metrics, settle_code_version
+from risbench.train.signals import TrainingInterrupted
 
 DEFAULT_TEXT_LEN = 20
+LOCK_POLL_S = 1.0  # how often a sweep looks again at a run another process is training
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
@@ -36,16 +42,6 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RisbenchError(f"{run_dir}: no config.yaml (prepare the run first)")
     return yaml.safe_load(path.read_text()) or {}
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its metrics.json exists (train_run writes it last)."""
-    return (Path(run_dir) / "metrics.json").is_file()
-
-
-def is_started(run_dir: Path) -> bool:
-    run_dir = Path(run_dir)
-    return (run_dir / "train_log.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
 
 
 def text_len_of(cfg: dict[str, Any]) -> int:
@@ -68,20 +64,35 @@ def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> dict:
-    """Write run_dir/flops.json unless it exists; `cache` (keyed by model spec) avoids measuring twice."""
+    """Write run_dir/flops.json unless it exists and was counted by the current code (its `code_version`,
+    the files that build and count the model); `cache` (keyed by model spec) avoids measuring twice."""
     path = Path(run_dir) / "flops.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     cfg = cfg if cfg is not None else load_run_config(run_dir)
+    version = code_version(cfg, FLOPS_ROOTS)
+    if path.is_file():
+        old = read_result(path)
+        if old.get("code_version") == version:
+            return old
     key = json.dumps({"model": cfg["model"], "text_len": text_len_of(cfg)}, sort_keys=True, default=str)
     if cache is not None and key in cache:
         result = cache[key]
     else:
-        result = measure_flops(cfg)
+        result = {**measure_flops(cfg), "code_version": version}
         if cache is not None:
             cache[key] = result
     atomic_write_json(path, result)
     return result
+
+
+def is_done(run_dir: Path) -> bool:
+    """Finished by the current code: metrics.json exists and its code version is the one the run's
+    config would be trained with now (a stale run is trained again, or kept with --keep-stale)."""
+    if not is_finished(run_dir):
+        return False
+    try:
+        return is_current(run_dir, code_version(load_run_config(run_dir)))
+    except RisbenchError:
+        return False
 
 
 def expected_length(run_dir: Path) -> dict[str, Any]:
@@ -99,22 +110,25 @@ def _train_fn() -> Callable[..., dict]:
     return train_run
 
 
-def execute_run(run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
-    """Train + evaluate one prepared run (skip when finished, resume when interrupted), then measure it."""
+def execute_run(run_dir: str | Path, quiet: bool = True, keep_stale: bool = False) -> dict[str, Any]:
+    """Train + evaluate one prepared run (skip when finished by the current code, resume when interrupted,
+    train again when finished by other code unless `keep_stale`), then measure it."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if is_finished(run_dir):
-        metrics = _read_metrics(run_dir)
-    else:
-        metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
-    ensure_flops(run_dir, cfg)
+    with run_lock(run_dir):  # RunLocked when another process trains it; never move a running run's files
+        settled = settle_code_version(run_dir, code_version(cfg), keep_stale=keep_stale)
+        if settled in ("current", "kept") and is_finished(run_dir):
+            metrics = read_metrics(run_dir)
+        else:
+            metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
+        ensure_flops(run_dir, cfg)
     return metrics
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        return read_metrics(run_dir)
+    except RisbenchError:
         return {}
 
 
@@ -167,21 +181,32 @@ def run_local(
     progress: SweepProgress,
     split: str = "val",
     gpus: list[str] | None = None,
+    keep_stale: bool = False,
 ) -> list[str]:
     """Run the unfinished runs: in this process one after another when there is no GPU, else one
     subprocess per free GPU (CUDA_VISIBLE_DEVICES) until all are done. Returns the failed run ids."""
-    todo = [d for d in run_dirs if not is_finished(d)]
+    todo = [d for d in run_dirs if not is_done(d)]
     for d in run_dirs:  # finished runs still need their flops.json (e.g. trained elsewhere)
-        if is_finished(d) and not (d / "flops.json").is_file():
+        if d not in todo:
             ensure_flops(d)
     if gpus:
-        return _run_on_gpus(todo, progress, split, gpus)
-    failed = []
-    for run_dir in todo:
+        return _run_on_gpus(todo, progress, split, gpus, keep_stale)
+    failed: list[str] = []
+    pending = list(todo)
+    while pending:  # a run another process holds waits until it is released (finished, or its holder died)
+        run_dir = next((d for d in pending if held_by_other(d) is None), None)
+        if run_dir is None:
+            time.sleep(LOCK_POLL_S)
+            continue
+        pending.remove(run_dir)
         progress.start_run(run_dir.name, run_dir, "cpu", **expected_length(run_dir))
         try:
-            metrics = execute_run(run_dir, quiet=True)
-        except KeyboardInterrupt:
+            metrics = execute_run(run_dir, quiet=True, keep_stale=keep_stale)
+        except RunLocked:  # taken between the check and the start
+            progress.finish_run(run_dir.name, ok=False, note="taken by another process; waiting for it")
+            pending.append(run_dir)
+            continue
+        except (KeyboardInterrupt, TrainingInterrupted):
             progress.finish_run(run_dir.name, ok=False, note="interrupted")
             raise
         except RisbenchError:
@@ -195,7 +220,9 @@ def run_local(
     return failed
 
 
-def _run_on_gpus(todo: list[Path], progress: SweepProgress, split: str, gpus: list[str]) -> list[str]:
+def _run_on_gpus(
+    todo: list[Path], progress: SweepProgress, split: str, gpus: list[str], keep_stale: bool = False
+) -> list[str]:
     queue = list(todo)
     busy: dict[str, tuple[subprocess.Popen, Path, Any]] = {}
     failed: list[str] = []
@@ -207,7 +234,8 @@ def _run_on_gpus(todo: list[Path], progress: SweepProgress, split: str, gpus: li
                     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
                     log = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - closed when the run ends
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "risbench.runner.worker", str(run_dir)],
+                        [sys.executable, "-m", "risbench.runner.worker", str(run_dir)]
+                        + (["--keep-stale"] if keep_stale else []),
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -257,7 +285,7 @@ def run_print(run_dirs: list[Path], nproc: int | None = None) -> list[str]:
     """One runnable torchrun line per unfinished run (finished ones as comments)."""
     lines = []
     for run_dir in run_dirs:
-        if is_finished(run_dir):
+        if is_done(run_dir):
             lines.append(f"# done: {run_dir}")
             continue
         k = nproc or nproc_of(run_dir)

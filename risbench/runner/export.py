@@ -175,6 +175,7 @@ def caption_for(
     exp_dir = Path(runs_dir)
     dirs = [exp_dir / r for r in run_ids] if run_ids else [p for p in exp_dir.iterdir() if p.is_dir()]
     sizes, weights, thresholds, resolutions, datasets, text_lens = set(), set(), set(), set(), set(), set()
+    stale = sorted(d.name for d in dirs if (d / "stale.json").is_file())
     for d in dirs:
         cfg_path = d / "config.yaml"
         if cfg_path.is_file():
@@ -233,4 +234,6 @@ def caption_for(
         parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, 480×480)")
     if accuracy:
         parts.append("best in bold, second underlined")
+    if stale:
+        parts.append(f"STALE, produced by other code than this checkout (kept with --keep-stale): {', '.join(stale)}")
     return "; ".join(parts) + "."

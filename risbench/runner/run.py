@@ -9,11 +9,12 @@ from pathlib import Path
 from rich.console import Console
 
 from risbench.errors import RisbenchError
+from risbench.io import check_writable
 from risbench.runner import backends, sweep
 from risbench.runner.experiment import load_experiment, parse_shard, shard_runs
 from risbench.runner.export import to_markdown
 from risbench.runner.pretrained import ensure_pretrained
-from risbench.runner.slurm import run_slurm
+from risbench.runner.slurm import require_submitit, run_slurm
 
 BACKENDS = ("local", "print", "slurm")
 
@@ -36,6 +37,7 @@ class RunOptions:
     partition: str | None = None
     timeout_min: int = 24 * 60
     plots: bool = True
+    keep_stale: bool = False
 
 
 def parse_gpus(option: str) -> list[str] | None:
@@ -60,6 +62,11 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
     if opts.dry_run:
         console.print(sweep.dry_run_table(exp, runs, runs_dir))
         return 0
+
+    check_writable(runs_dir, "--runs-dir")  # before any run is prepared or trained
+    check_writable(opts.results_dir, "--results-dir")
+    if opts.backend == "slurm":
+        require_submitit()
 
     if opts.flops_only:
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
@@ -106,7 +113,7 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
             console.print(f"when they finish: risbench table {runs_dir / exp.name} --format latex")
             return 0
     else:
-        failed = sweep.run_sweep(exp, runs, runs_dir, gpus=parse_gpus(opts.gpus))
+        failed = sweep.run_sweep(exp, runs, runs_dir, gpus=parse_gpus(opts.gpus), keep_stale=opts.keep_stale)
         if failed:
             console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}[/red]")
 

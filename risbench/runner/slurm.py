@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from risbench.errors import RisbenchError
-from risbench.runner.backends import execute_run, is_finished, nproc_of
+from risbench.runner.backends import execute_run, is_done, nproc_of
 
 
 def _slurm_job(run_dir: str) -> dict[str, Any]:
@@ -18,6 +18,18 @@ def _slurm_job(run_dir: str) -> dict[str, Any]:
     if env.num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return execute_run(Path(run_dir), quiet=env.global_rank != 0)
+
+
+def require_submitit() -> Any:
+    """The submitit module; without it a RisbenchError that names the extra to install."""
+    try:
+        import submitit
+    except ImportError:
+        raise RisbenchError(
+            "--backend slurm needs submitit, which is not installed: pip install 'risbench[slurm]' "
+            "(or pip install submitit)"
+        ) from None
+    return submitit
 
 
 def run_slurm(
@@ -36,13 +48,8 @@ def run_slurm(
     executor: 'slurm' (a cluster), 'local' (submitit's LocalExecutor: subprocesses on this machine) or
     'debug' (DebugExecutor: in this process). With `wait`, blocks until every job ends and raises on a
     failed one. `job_fn(run_dir: str)` replaces what each task runs (tests). Returns the jobs."""
-    try:
-        import submitit
-    except ImportError:
-        raise RisbenchError(
-            "the slurm backend needs submitit: pip install 'risbench[slurm]' (or pip install submitit)"
-        ) from None
-    todo = [d for d in run_dirs if not is_finished(d)]
+    submitit = require_submitit()
+    todo = [d for d in run_dirs if not is_done(d)]
     if not todo:
         return []
     folder = Path(folder) / "%j"

@@ -25,6 +25,7 @@ from risbench.runner import backends, export, tables
 from risbench.runner.columns import COST, LABELS
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.progress import SweepProgress
+from risbench.train.rundir import is_finished, is_started
 
 
 def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]:
@@ -36,7 +37,7 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
     for run in runs:
         run_dir = exp.run_dir(runs_dir, run)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not backends.is_started(run_dir) and not backends.is_finished(run_dir):  # then train_run owns it
+        if not is_started(run_dir) and not is_finished(run_dir):  # then train_run owns it
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run.config, sort_keys=False))
         run_meta = {
             "experiment": exp.name,
@@ -53,9 +54,11 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
 
 def run_status(exp: Experiment, run: Run, runs_dir: Path) -> str:
     run_dir = exp.run_dir(runs_dir, run)
-    if backends.is_finished(run_dir):
+    if backends.is_done(run_dir):
         return "done"
-    if backends.is_started(run_dir):
+    if is_finished(run_dir):
+        return "stale"
+    if is_started(run_dir):
         return "partial"
     return "new"
 
@@ -177,10 +180,11 @@ def run_sweep(
     runs_dir: Path,
     progress: SweepProgress | None = None,
     gpus: list[str] | None = None,
+    keep_stale: bool = False,
 ) -> list[str]:
     """Local backend: the unfinished runs, one after another (or packed onto GPUs). Returns failed run ids."""
     run_dirs = prepare_runs(exp, runs, runs_dir)
-    done = sum(backends.is_finished(d) for d in run_dirs)
+    done = sum(backends.is_done(d) for d in run_dirs)
     progress = progress or SweepProgress(f"{exp.name}", total=len(run_dirs), done=done)
     with progress:
-        return backends.run_local(run_dirs, progress, split=exp.table.split, gpus=gpus)
+        return backends.run_local(run_dirs, progress, split=exp.table.split, gpus=gpus, keep_stale=keep_stale)

@@ -103,6 +103,21 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's metrics.json or flops.json; an unreadable one is a RisbenchError naming it (a corrupt result
+    is never shown as a missing value)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RisbenchError(
+            f"{path}: not readable JSON ({str(exc).splitlines()[0]}); delete it and re-run that run "
+            f"(risbench run / train reuses its checkpoints)"
+        ) from None
+    if not isinstance(data, dict):
+        raise RisbenchError(f"{path}: expected a JSON object, got {type(data).__name__}; delete it and re-run")
+    return data
+
+
 def run_meta(run_dir: Path) -> dict[str, Any] | None:
     meta = read_json(run_dir / "run.json")
     if meta is None and (run_dir / "config.yaml").is_file():
@@ -132,14 +147,14 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
             "run_dir": str(run_dir),
         }
         metrics_path = run_dir / "metrics.json"
-        metrics = read_json(metrics_path) if metrics_path.is_file() else None
+        metrics = read_result(metrics_path) if metrics_path.is_file() else None
         if metrics:
             mtime = metrics_path.stat().st_mtime
             for split, values in split_metrics(metrics).items():
                 for metric, value in values.items():
                     rows.append({**base, "split": split, "metric": metric, "value": value, "mtime": mtime})
         flops_path = run_dir / "flops.json"
-        flops = read_json(flops_path) if flops_path.is_file() else None
+        flops = read_result(flops_path) if flops_path.is_file() else None
         if flops:
             mtime = flops_path.stat().st_mtime
             for metric, value in _flops_values(flops).items():

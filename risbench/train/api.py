@@ -1,8 +1,5 @@
-"""Entry points for one run directory: `train_run` (train or resume or skip, then evaluate), `evaluate_run`,
-`load_run`.
-
-`evaluate_run` re-evaluates a run directory with other splits / threshold / resolution, or with swapped
-expressions.
+"""Entry point for one run directory: `train_run` (train or resume or skip, then evaluate). Evaluating a
+finished run again (`evaluate_run`, `load_run`) is in risbench.train.reeval.
 
 A run directory holds:
   config.yaml        the resolved config (written first; the model is its full spec)
@@ -11,11 +8,14 @@ A run directory holds:
   per_sentence.<split>.csv.gz  the final evaluation's counts per sentence (risbench.train.sentences)
   metrics.json       per split metrics + provenance (written last: its presence marks a finished run)
   evals/             results of later `risbench eval` calls
+  code_version.json  the code version training started with (risbench.train.codeversion)
+  .lock              held by the process that trains the run (risbench.train.lock)
+  stale/<version>/   outputs of earlier code, moved aside when the run is trained again (rundir.py)
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -23,15 +23,31 @@ from typing import Any
 
 import yaml
 
-from risbench.errors import RisbenchError
-from risbench.io import atomic_write_json, atomic_write_text, provenance
-from risbench.train.checkpoint import load_checkpoint, seed_everything
-from risbench.train.components import Components, build_components, build_split, process_settings
-from risbench.train.config import RunConfig, comparable, resolve_run_config
+from risbench.io import atomic_write_json, atomic_write_text, check_writable, provenance
+from risbench.spec import validate_spec
+from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
+from risbench.train.codeversion import code_version
+from risbench.train.components import (
+    Components,
+    build_components,
+    build_split,
+    check_first_batches,
+    process_settings,
+)
+from risbench.train.config import RunConfig, resolve_run_config
 from risbench.train.distributed import DistInfo, barrier, init_distributed
-from risbench.train.evaluate import SwappedText, evaluate_dataset, per_sentence_csv
+from risbench.train.evaluate import SwappedText, evaluate_dataset
+from risbench.train.lock import run_lock
 from risbench.train.metrics import SentenceResult
-from risbench.train.sentences import per_sentence_path, write_per_sentence
+from risbench.train.rundir import (
+    VERSION_FILE,
+    check_config,
+    is_finished,
+    read_metrics,
+    remove_unstarted,
+    settle_code_version,
+)
+from risbench.train.sentences import write_per_sentence
 from risbench.train.trainer import train
 
 
@@ -86,7 +102,8 @@ def evaluate_splits(
     return out
 
 
-def _provenance(comp: Components, cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+def run_provenance(comp: Components, cfg: RunConfig, resolved: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """Where a run's numbers came from: code, packages, device, weights, tokenizer, settings, data."""
     model = comp.model
     return {
         **provenance(info.device, info.world_size, cfg.seed),
@@ -112,9 +129,11 @@ def train_run(
     """Train one run config into `run_dir` and evaluate it; returns the metrics.json content.
 
     A finished run (metrics.json present, same config) is skipped and its metrics returned. An
-    interrupted one resumes from checkpoints/last.pt (unless `resume=False`, which starts over). A run
-    directory holding a different config is an error. `interrupt_after` stops after that many steps
-    with a checkpoint and returns {"interrupted": True, "step": ...} (simulates a preemption).
+    interrupted one resumes from checkpoints/last.pt (unless `resume=False`, which starts over). A started
+    run directory holding a different config is an error; one that never started (a config.yaml only) is
+    taken over, and a call that fails before its first step removes the folder it created.
+    `interrupt_after` stops after that many steps with a checkpoint and returns
+    {"interrupted": True, "step": ...} (simulates a preemption).
     Under torchrun every rank calls this; only rank 0 writes files.
     """
     t_start = time.perf_counter()
@@ -122,28 +141,52 @@ def train_run(
     run_dir = Path(run_dir)
     resolved["run_dir"] = str(run_dir)
     resolved = _roundtrip(resolved)
+    validate_spec(resolved["model"], "model")  # every option checked before anything is written
     info = init_distributed()
-    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
-    if cfg_path.exists() and resume:
-        old = yaml.safe_load(cfg_path.read_text()) or {}
-        if comparable(old) != comparable(resolved):
-            raise RisbenchError(
-                f"{run_dir} holds a run with a different config; choose another --run-dir, or delete it, "
-                f"or pass --no-resume to start over there"
-            )
-        if metrics_path.exists():
-            return json.loads(metrics_path.read_text())
+    version = code_version(resolved)
+    if info.is_main:
+        check_writable(run_dir, "run folder")
+    created = not run_dir.exists()
+    # one writer per run: rank 0 holds run_dir/.lock (RunLocked names the holder)
+    with run_lock(run_dir) if info.is_main else contextlib.nullcontext():
+        try:
+            return _claim_and_train(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version)
+        except BaseException:
+            if info.is_main:
+                remove_unstarted(run_dir, created)
+            raise
+
+
+def _claim_and_train(
+    run_cfg: RunConfig,
+    resolved: dict[str, Any],
+    run_dir: Path,
+    info: DistInfo,
+    quiet: bool,
+    resume: bool,
+    interrupt_after: int | None,
+    t_start: float,
+    version: str,
+) -> dict[str, Any]:
+    """Under the run's lock: reuse a finished run of this code, or write config.yaml and train."""
+    if resume:
+        check_config(run_dir, resolved)
+        if info.is_main:  # a run of other code is moved to stale/ and trained again
+            settle_code_version(run_dir, version)
+        barrier(info)
+        if is_finished(run_dir):
+            return read_metrics(run_dir)
     if info.is_main:
         if not resume:
-            for path in (metrics_path, run_dir / "train_log.jsonl"):
+            for path in (run_dir / "metrics.json", run_dir / "train_log.jsonl"):
                 path.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(run_dir / VERSION_FILE, {"code_version": version})
     barrier(info)
-
     with process_settings(run_cfg, info.device):
-        return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start)
+        return _train_and_evaluate(run_cfg, resolved, run_dir, info, quiet, resume, interrupt_after, t_start, version)
 
 
 def _train_and_evaluate(
@@ -155,10 +198,12 @@ def _train_and_evaluate(
     resume: bool,
     interrupt_after: int | None,
     t_start: float,
+    version: str,
 ) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.json"
     seed_everything(run_cfg.seed)  # before the model is built: its initial weights come from the seed
     comp = build_components(run_cfg, resolved, info)
+    check_first_batches(comp, run_cfg)  # data checked before compute
     state = train(run_cfg, resolved, run_dir, info, comp, quiet=quiet, resume=resume, interrupt_after=interrupt_after)
     if not state.done:
         return {"interrupted": True, "step": state.step}
@@ -166,7 +211,8 @@ def _train_and_evaluate(
     which = run_cfg.eval.checkpoint
     used = "last"
     if which == "best" and (run_dir / "checkpoints" / "best.pt").exists():
-        comp.model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", info.device)["model"])
+        best = run_dir / "checkpoints" / "best.pt"
+        load_model_state(comp.model, load_checkpoint(best, info.device), best, resolved["model"])
         used = "best"
     t_eval = time.perf_counter()
     split_seconds: dict[str, float] = {}
@@ -195,7 +241,8 @@ def _train_and_evaluate(
             "val_history": state.history,
         },
         "provenance": {
-            **_provenance(comp, run_cfg, resolved, info),
+            **run_provenance(comp, run_cfg, resolved, info),
+            "code_version": version,  # of the code this process imported when it started
             "checkpoint": used,
             "timings": {
                 "train_seconds": round(state.train_seconds, 3),
@@ -211,85 +258,3 @@ def _train_and_evaluate(
         atomic_write_json(metrics_path, metrics)
     barrier(info)
     return metrics
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None):
-    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory.
-    checkpoint: auto (the one the run's metrics came from: eval.checkpoint, falling back to last), best,
-    last, or a path."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise RisbenchError(f"{run_dir}: not a run directory (no config.yaml)")
-    resolved = yaml.safe_load(cfg_path.read_text())
-    cfg, _ = resolve_run_config(resolved)
-    info = info or init_distributed()
-    comp = build_components(cfg, resolved, info)
-    ckpts = run_dir / "checkpoints"
-    if checkpoint == "auto":
-        checkpoint = cfg.eval.checkpoint
-        if not (ckpts / f"{checkpoint}.pt").exists():
-            checkpoint = "last"
-    path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
-    if not path.exists():
-        raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
-    comp.model.load_state_dict(load_checkpoint(path, info.device)["model"])
-    comp.model.eval()
-    return cfg, resolved, comp, str(path)
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    splits: list[str] | None = None,
-    threshold: float | None = None,
-    resolution: str | None = None,
-    swap_text: bool = False,
-    checkpoint: str = "auto",
-    max_samples: int | None = None,
-    write: bool = True,
-    per_sentence: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
-    <name>.<split>.csv with one row per sentence) and returns the JSON's content.
-
-    A full evaluation with the run's own settings (every sentence, its threshold, resolution and
-    checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
-    from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
-    run_dir = Path(run_dir)
-    info = init_distributed()
-    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
-    threshold = cfg.eval.threshold if threshold is None else threshold
-    resolution = resolution or cfg.eval.resolution
-    if resolution not in ("original", "input"):
-        raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
-    splits = splits or list(cfg.eval.splits)
-    sentences: dict[str, list[SentenceResult]] = {}
-    result = {
-        "splits": evaluate_splits(
-            comp,
-            cfg,
-            info,
-            splits,
-            threshold=threshold,
-            resolution=resolution,
-            swap_text=swap_text,
-            max_samples=max_samples,
-            sentences=sentences,
-        ),
-        "provenance": {**_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
-        "checkpoint": used,
-    }
-    if write and info.is_main:
-        name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
-        if per_sentence:
-            for split, items in sentences.items():
-                atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))
-        own = (threshold, resolution, checkpoint) == (cfg.eval.threshold, cfg.eval.resolution, "auto")
-        if own and max_samples is None and not swap_text:
-            for split, items in sentences.items():
-                if not per_sentence_path(run_dir, split).exists():
-                    write_per_sentence(run_dir, split, items, threshold, resolution)
-        atomic_write_json(run_dir / "evals" / f"{name}.json", result)
-        result["written_to"] = str(run_dir / "evals" / f"{name}.json")
-    return result

@@ -103,3 +103,17 @@ def build_split(comp: Components, split: str, *, train: bool, seed: int):
         train=train,
         seed=seed,
     )
+
+
+def check_first_batches(comp: Components, cfg: RunConfig) -> None:
+    """Load the first batch of every split the run uses (training, validation, final evaluation) before
+    step 1, so that a missing or unreadable image fails at once, naming the file (a RisbenchError), not
+    at the first validation or the final evaluation."""
+    splits = {"train": True}
+    for split in (cfg.eval.val_split, *cfg.eval.splits):
+        if split:
+            splits.setdefault(split, False)
+    for split, train in splits.items():
+        ds = build_split(comp, split, train=train, seed=cfg.seed)
+        n = min(len(ds), cfg.train.batch_size if train else cfg.eval.batch_size)
+        comp.collator([ds[i] for i in range(n)])

@@ -7,18 +7,18 @@ from typing import Any
 
 import torch
 
+from risbench.data.images import read_rgb
 from risbench.data.transforms import ResizeNormalize, unmap_prediction
-from risbench.errors import RisbenchError
-from risbench.io import atomic_write_path
-from risbench.train.api import load_run
+from risbench.io import atomic_write_path, check_writable
 from risbench.train.distributed import DistInfo
 from risbench.train.overlay import prediction_figure
+from risbench.train.reeval import load_run
 
 
 @torch.no_grad()
 def segment(comp: Any, cfg: Any, rgb: Any, expression: str) -> tuple[Any, Any]:
     """(foreground probability at the image's own resolution (H, W) numpy, the model's DecoderOutput) of
-    `expression` in the RGB array `rgb`, with a loaded run's components (risbench.train.api.load_run)."""
+    `expression` in the RGB array `rgb`, with a loaded run's components (risbench.train.reeval.load_run)."""
     import numpy as np
 
     enc = comp.model.encoder
@@ -43,20 +43,17 @@ def predict(
 ) -> dict[str, Any]:
     """Segment `expression` in one image with a trained run; save the input beside the outlined mask, the
     expression (and the existence score, when the decoder has one) under them (risbench.train.overlay)."""
-    import numpy as np
     from PIL import Image
 
+    rgb = read_rgb(Path(image_path))  # before the model is loaded: a bad image fails at once
+    out_path = Path(out_path)
+    check_writable(out_path.parent, "--out folder")
     cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo())
     threshold = cfg.eval.threshold if threshold is None else threshold
-    image_path = Path(image_path)
-    if not image_path.is_file():
-        raise RisbenchError(f"image not found: {image_path}")
-    rgb = np.asarray(Image.open(image_path).convert("RGB"))
     prob, out = segment(comp, cfg, rgb, expression)
     mask = prob > threshold
     existence = None if out.exist_logits is None else float(torch.sigmoid(out.exist_logits.float())[0])
     figure = prediction_figure(rgb, mask, expression, existence=existence)
-    out_path = Path(out_path)
     fmt = Image.registered_extensions().get(out_path.suffix.lower(), "PNG")
     atomic_write_path(out_path, lambda tmp: figure.save(tmp, format=fmt))
     return {

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from risbench.errors import RisbenchError
-from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from risbench.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from risbench.train.components import Components, build_split
 from risbench.train.config import RunConfig
 from risbench.train.distributed import DistInfo, GlobalBatchSampler, barrier, broadcast_object, wrap_ddp
@@ -33,6 +33,7 @@ from risbench.train.hooks import CheckpointHook, HookBase, LoggingHook, Progress
 from risbench.train.losses import build_loss
 from risbench.train.optim import LRSchedule, NonFiniteLoss, build_optimizer, optimization_step
 from risbench.train.progress import Progress, truncate_log
+from risbench.train.signals import StopRequest, TrainingInterrupted, stop_on_signals
 
 CHECKPOINT_VERSION = 1
 
@@ -96,7 +97,7 @@ def train(
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=info.device)
-        model.load_state_dict(ckpt["model"])
+        load_model_state(model, ckpt, last, resolved["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         state = TrainState(**ckpt["state"])
@@ -199,23 +200,33 @@ class TrainLoop:
         for hook in hooks:
             hook.loop = self
         self.model.train()
-        try:
-            for hook in hooks:
-                hook.before_train()
-            while True:
-                for batch in self._epoch_loader():
-                    self._step(batch)
-                    for hook in hooks:
-                        hook.after_step()
-                    if self.last_step or self.interrupted:
-                        return self.state
-                    if self.epoch_end:
-                        break
-                else:  # the loader yielded nothing: cannot happen with steps_per_epoch >= 1
-                    raise RuntimeError(f"empty epoch {self.state.epoch} at step {self.state.step}")
-        finally:
-            for hook in hooks:
-                hook.after_train()
+        with stop_on_signals() as stop:
+            try:
+                for hook in hooks:
+                    hook.before_train()
+                while True:
+                    for batch in self._epoch_loader():
+                        self._step(batch)
+                        for hook in hooks:
+                            hook.after_step()
+                        self._stop_on_signal(stop)
+                        if self.last_step or self.interrupted:
+                            return self.state
+                        if self.epoch_end:
+                            break
+                    else:  # the loader yielded nothing: cannot happen with steps_per_epoch >= 1
+                        raise RuntimeError(f"empty epoch {self.state.epoch} at step {self.state.step}")
+            finally:
+                for hook in hooks:
+                    hook.after_train()
+
+    def _stop_on_signal(self, stop: StopRequest) -> None:
+        """After a step: on Ctrl-C / SIGTERM (rank 0's, on every rank), save last.pt and stop."""
+        name = broadcast_object(stop.signal_name, self.info) if self.info.world_size > 1 else stop.signal_name
+        if name is not None:
+            last = self.ckpt_dir / "last.pt"
+            self.save(last)
+            raise TrainingInterrupted(name, self.state.step, last)
 
     def _epoch_loader(self) -> torch.utils.data.DataLoader:
         """The rest of the current epoch: its data order depends only on (seed, epoch)."""

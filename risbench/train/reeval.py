@@ -1,0 +1,118 @@
+"""A finished run directory evaluated again: `load_run` (config, components and weights) and `evaluate_run`
+(other splits / threshold / resolution / checkpoint, swapped expressions, or the first N sentences),
+written under evals/ with a name that holds every setting that changes the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from risbench.errors import RisbenchError
+from risbench.io import atomic_write_json, atomic_write_text, check_writable
+from risbench.train.api import evaluate_splits, run_provenance
+from risbench.train.checkpoint import load_checkpoint, load_model_state
+from risbench.train.components import build_components
+from risbench.train.config import resolve_run_config
+from risbench.train.distributed import DistInfo, init_distributed
+from risbench.train.evaluate import per_sentence_csv
+from risbench.train.metrics import SentenceResult
+from risbench.train.sentences import per_sentence_path, write_per_sentence
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None):
+    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory.
+    checkpoint: auto (the one the run's metrics came from: eval.checkpoint, falling back to last), best,
+    last, or a path."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise RisbenchError(f"{run_dir}: not a run directory (no config.yaml)")
+    resolved = yaml.safe_load(cfg_path.read_text())
+    cfg, _ = resolve_run_config(resolved)
+    info = info or init_distributed()
+    comp = build_components(cfg, resolved, info)
+    ckpts = run_dir / "checkpoints"
+    if checkpoint == "auto":
+        checkpoint = cfg.eval.checkpoint
+        if not (ckpts / f"{checkpoint}.pt").exists():
+            checkpoint = "last"
+    path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
+    if not path.exists():
+        raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
+    load_model_state(comp.model, load_checkpoint(path, info.device), path, resolved["model"])
+    comp.model.eval()
+    return cfg, resolved, comp, str(path)
+
+
+def eval_name(
+    splits: list[str], threshold: float, resolution: str, swap_text: bool, checkpoint: str, max_samples: int | None
+) -> str:
+    """The file name of an evaluation under evals/: every setting that changes its numbers is in it, so a
+    partial evaluation (`--max-samples`) or one of other weights never replaces a full one."""
+    name = f"{'+'.join(splits)}_t{threshold:g}_{resolution}{'_swapped' if swap_text else ''}"
+    if checkpoint != "auto":
+        name += f"_ckpt-{Path(checkpoint).stem}"
+    return name + (f"_first{max_samples}" if max_samples is not None else "")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    splits: list[str] | None = None,
+    threshold: float | None = None,
+    resolution: str | None = None,
+    swap_text: bool = False,
+    checkpoint: str = "auto",
+    max_samples: int | None = None,
+    write: bool = True,
+    per_sentence: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
+    <name>.<split>.csv with one row per sentence) and returns the JSON's content.
+
+    A full evaluation with the run's own settings (every sentence, its threshold, resolution and
+    checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
+    from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
+    run_dir = Path(run_dir)
+    if max_samples is not None and max_samples < 1:
+        raise RisbenchError(f"--max-samples must be >= 1, got {max_samples}")
+    info = init_distributed()
+    if write and info.is_main:
+        check_writable(run_dir / "evals", "run folder")
+    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
+    threshold = cfg.eval.threshold if threshold is None else threshold
+    resolution = resolution or cfg.eval.resolution
+    if resolution not in ("original", "input"):
+        raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
+    splits = splits or list(cfg.eval.splits)
+    sentences: dict[str, list[SentenceResult]] = {}
+    result = {
+        "splits": evaluate_splits(
+            comp,
+            cfg,
+            info,
+            splits,
+            threshold=threshold,
+            resolution=resolution,
+            swap_text=swap_text,
+            max_samples=max_samples,
+            sentences=sentences,
+        ),
+        "provenance": {**run_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
+        "checkpoint": used,
+    }
+    if write and info.is_main:
+        name = eval_name(splits, threshold, resolution, swap_text, checkpoint, max_samples)
+        if per_sentence:
+            for split, items in sentences.items():
+                atomic_write_text(run_dir / "evals" / f"{name}.{split}.csv", per_sentence_csv(items))
+        own = (threshold, resolution, checkpoint) == (cfg.eval.threshold, cfg.eval.resolution, "auto")
+        if own and max_samples is None and not swap_text:
+            for split, items in sentences.items():
+                if not per_sentence_path(run_dir, split).exists():
+                    write_per_sentence(run_dir, split, items, threshold, resolution)
+        atomic_write_json(run_dir / "evals" / f"{name}.json", result)
+        result["written_to"] = str(run_dir / "evals" / f"{name}.json")
+    return result

@@ -120,3 +120,100 @@ def test_pretraining_on_the_fine_tuning_scenes_is_refused(tmp_path, capsys):
     assert main(["run", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is the fine-tuning data" in err
+
+
+# a run with its own `pretrain:`: another encoder (Swin + BERT) and its own pretraining beside base.pretrain
+TINY_DUAL = {
+    "name": "swin_bert",
+    "size": "tiny-test",
+    "image_size": 32,
+    "patch_size": 2,
+    "window_size": 4,
+    "swin_embed_dim": 16,
+    "swin_depths": [1, 1, 1, 1],
+    "swin_heads": [1, 1, 2, 2],
+    "bert_hidden": 32,
+    "bert_layers": 1,
+    "bert_heads": 2,
+    "bert_ffn": 64,
+    "vocab_size": 200,
+    "out_indices": [2, 3, 4],
+    "drop_path": 0.0,
+}
+DUAL_MODEL = {
+    "preset": "dual-ris-tiny",
+    "encoder": TINY_DUAL,
+    "fpn": {"out_channels": [8, 16, 16]},
+    "decoder": {"num_heads": 2, "head": {"conv_dim": 16}},
+}
+DUAL_PRETRAIN = {
+    **PRETRAIN,
+    "name": "sweep-dual",
+    "model": DUAL_MODEL,
+    "objective": {"name": "dual_unimodal", "mask_patch_size": 8},
+}
+
+
+def dual_experiment(tmp_path: Path, only: bool = False, **run) -> Path:
+    path = experiment(tmp_path)
+    exp = yaml.safe_load(path.read_text())
+    exp["runs"] = [{"name": "dual", "model": DUAL_MODEL, "pretrain": DUAL_PRETRAIN, **run}]
+    exp["runs"] += [] if only else [{"name": "shared"}]
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def test_a_run_with_its_own_pretraining(tmp_path):
+    exp = load_experiment(dual_experiment(tmp_path))
+    by_name = {r.variant: r for r in exp.runs}
+    dual, shared = by_name["dual"], by_name["shared"]
+    assert dual.pretrain.name.startswith("sweep-dual-") and shared.pretrain is exp.pretrain
+    assert [ref.name for ref in exp.pretrains()] == [dual.pretrain.name, shared.pretrain.name]
+    enc = dual.config["model"]["encoder"]
+    assert "weights" not in enc and enc["swin_weights"] == str(dual.pretrain.directory / "swin.pth")
+    assert enc["bert_path"] == str(dual.pretrain.directory / "bert")
+    assert dual.config["tokenizer"]["path"] == str(dual.pretrain.directory / "tokenizer.json")
+    assert shared.config["model"]["encoder"]["weights"] == str(exp.pretrain.directory / "encoder.pth")
+    # a run's set: still wins over its own pretraining
+    back = load_experiment(dual_experiment(tmp_path, set={"encoder.swin_weights": None}))
+    assert back.runs[0].config["model"]["encoder"]["swin_weights"] is None
+
+
+def test_per_run_pretraining_sweep_and_flops_only(tmp_path):
+    path = dual_experiment(tmp_path, only=True)  # base.pretrain is named, but no run fine-tunes from it
+    runs, res = str(tmp_path / "runs"), str(tmp_path / "res")
+    assert main(["run", str(path), "--flops-only", "--runs-dir", runs, "--results-dir", res]) == 0
+    exp = load_experiment(path)
+    assert [ref.name for ref in exp.pretrains()] == [exp.runs[0].pretrain.name]
+    assert not exp.runs[0].pretrain.exists()  # --flops-only pretrains nothing
+    assert main(["run", str(path), "--runs-dir", runs, "--results-dir", res]) == 0
+    assert exp.runs[0].pretrain.exists() and not exp.pretrain.exists()  # only what a run needs
+    metrics = {
+        p.parent.name.split("-s")[0]: json.loads(p.read_text())
+        for p in (tmp_path / "runs" / "pt").glob("*/metrics.json")
+    }
+    dual = exp.pretrains()[0]
+    assert (
+        metrics["dual"]["provenance"]["weights"] == f"swin={dual.directory / 'swin.pth'},bert={dual.directory / 'bert'}"
+    )
+    caption = (tmp_path / "res" / "pt" / "table.md").read_text()
+    assert f"{dual.name} (pretrained: dual_unimodal, 2 steps)" in caption
+
+
+@pytest.mark.parametrize(
+    "run, expected",
+    [
+        ({"model": None, "pretrain": DUAL_PRETRAIN}, "pretrains encoder 'swin_bert', but the run's encoder is 'beit3'"),
+        ({"pretrain": 7}, "runs[dual].pretrain: expected a registry/pretrain/ preset name"),
+        ({"pretrain": "no-such-pretraining"}, "runs[dual].pretrain"),
+    ],
+)
+def test_bad_per_run_pretraining_is_one_line_exit_2(tmp_path, capsys, run, expected):
+    path = dual_experiment(tmp_path, **run)
+    if run.get("model", DUAL_MODEL) is None:  # the base's BEiT-3 model with the dual pretraining
+        exp = yaml.safe_load(path.read_text())
+        del exp["runs"][0]["model"]
+        path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    assert main(["run", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err

@@ -164,7 +164,8 @@ class PretrainObjective(nn.Module):
     """Base class of encoder pretraining objectives (`risbench pretrain`): it holds the encoder and its own
     heads, and turns a batch without masks into a loss. `requires` are encoder traits it needs.
 
-    forward(batch) -> (loss, {term: float}); `export()` gives {file name: object to torch.save}, the
+    forward(batch) -> (loss, {term: float}); `export()` gives {file name (may hold a folder): bytes written as
+    they are, or an object to torch.save}, the
     encoder in its family's official checkpoint layout (heads outside the encoder's prefix);
     `encoder_options(directory)` the encoder options that load those files (e.g. {"weights": ...})."""
 

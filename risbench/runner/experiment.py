@@ -12,6 +12,8 @@ An experiment file (YAML)::
       train: {max_minutes: 7}
     runs:                       # explicit variants (the paper's rows); dotted keys or nested sections
       - {name: none, set: {fpn.name: none}}
+      # a run's own `pretrain:` (preset, file or mapping) replaces base.pretrain for that run, e.g. a row with
+      # another encoder: {name: dual, model: dual-ris-tiny, pretrain: swin-bert-tiny-synthref}
       - {name: cris, set: {fpn.name: cris, fpn.out_dim: 128}}
     grid: {decoder.num_layers: [1, 2]}   # optional cartesian product (on top of each run)
     seeds: [0, 1, 2]
@@ -89,6 +91,7 @@ class RunVariant:
     train: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     description: str | None = None
+    pretrain: Any = None  # this run fine-tunes from this pretraining instead of base.pretrain (pretrained.py)
 
 
 @dataclass
@@ -113,6 +116,9 @@ class Run:
     config: dict[str, Any]
     index: int  # position of the variant in the experiment (table row order)
     run_id: str = ""
+    # the pretraining this run fine-tunes from (its own `pretrain:` or base.pretrain); its artifact's paths
+    # are in `config`, so the hash already changes with it
+    pretrain: PretrainRef | None = field(default=None, compare=False, repr=False)
 
     @property
     def config_hash(self) -> str:
@@ -139,6 +145,14 @@ class Experiment:
     def run_dir(self, runs_dir: Path, run: Run) -> Path:
         return Path(runs_dir) / self.name / run.run_id
 
+    def pretrains(self, runs: list[Run] | None = None) -> list[PretrainRef]:
+        """The distinct pretrainings `runs` (default: all) fine-tune from, in run order."""
+        out: dict[str, PretrainRef] = {}
+        for run in self.runs if runs is None else runs:
+            if run.pretrain is not None:
+                out.setdefault(run.pretrain.name, run.pretrain)
+        return list(out.values())
+
     def meta(self) -> dict[str, Any]:
         """What `risbench table` needs to lay the runs out (written as runs/<name>/experiment.json)."""
         return {
@@ -149,7 +163,7 @@ class Experiment:
             "seeds": self.seeds,
             "table": {k: v for k, v in vars(self.table).items()},
             "runs": [r.run_id for r in self.runs],
-            "pretrain": None if self.pretrain is None else self.pretrain.describe(),
+            "pretrain": "; ".join(ref.describe() for ref in self.pretrains()) or None,
         }
 
 
@@ -163,7 +177,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+]+", "_", text).strip("_") or "x"
 
 
-def _apply_variant(base: dict[str, Any], variant: RunVariant, where: str) -> dict[str, Any]:
+def _apply_variant(
+    base: dict[str, Any], variant: RunVariant, where: str, pretrain: PretrainRef | None = None
+) -> dict[str, Any]:
+    """The base config with the variant's sections merged, then its own pretraining (`pretrain`), then its
+    `set:` keys (so that a `set:` can still send the run back to random init)."""
     cfg = copy.deepcopy(base)
     for section in RUN_SECTIONS:
         value = getattr(variant, section)
@@ -182,6 +200,8 @@ def _apply_variant(base: dict[str, Any], variant: RunVariant, where: str) -> dic
             if bad:
                 raise UnknownNameError(f"{where}.model: " + unknown_name_message("key", bad[0], MODEL_KEYS))
         cfg[section] = merge(cfg.get(section) or {}, value)  # a renamed component replaces the old one
+    if pretrain is not None:
+        cfg = apply_pretrain(cfg, pretrain, f"{where}.pretrain")
     # component renames first, so that options set beside them land on the new component
     items = sorted(variant.set.items(), key=lambda kv: not full_key(kv[0]).endswith(".name"))
     for key, value in items:
@@ -221,6 +241,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         base = apply_pretrain(base, pretrain_ref, f"{where}.base.pretrain")
 
     variants: list[RunVariant] = []
+    refs: dict[str, PretrainRef | None] = {}  # each variant's pretraining
+    by_value: dict[str, PretrainRef] = {}  # a run's own `pretrain:` values, each resolved once
     seen: set[str] = set()
     for i, item in enumerate(exp.runs or [{"name": exp.name if not exp.grid else ""}]):
         if not isinstance(item, dict):
@@ -233,6 +255,13 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             raise RisbenchError(f"{label}.name: '{variant.name}' must be letters, digits, '_', '-', ',', '.' or '+'")
         seen.add(variant.name)
         variants.append(variant)
+        if variant.pretrain is None:
+            refs[variant.name] = pretrain_ref
+        else:
+            key = json.dumps(variant.pretrain, sort_keys=True, default=str)
+            if key not in by_value:
+                by_value[key] = resolve_pretrain_ref(variant.pretrain, f"{label}.pretrain", root=path.parent)
+            refs[variant.name] = by_value[key]
 
     grid = exp.grid or {}
     for key, values in grid.items():
@@ -244,7 +273,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     names: list[str] = []
     for variant in variants:
         vwhere = f"{where}.runs[{variant.name}]" if exp.runs else f"{where}.base"
-        vcfg = _apply_variant(base, variant, vwhere)
+        own = refs[variant.name] if variant.pretrain is not None else None
+        vcfg = _apply_variant(base, variant, vwhere, own)
         vresolved = validate_run_config(vcfg, vwhere) if grid else {}
         for key in grid:
             if not key_exists(vcfg, vresolved, key):
@@ -267,7 +297,9 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             names.append(name)
             for seed in exp.seeds:
                 resolved = validate_run_config({**cfg, "seed": seed}, f"{where}: run '{name}'")
-                runs.append(Run(variant=name, seed=seed, config=resolved, index=len(names) - 1))
+                runs.append(
+                    Run(variant=name, seed=seed, config=resolved, index=len(names) - 1, pretrain=refs[variant.name])
+                )
 
     if table.rows:
         for key in table.rows:

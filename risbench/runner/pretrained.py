@@ -1,4 +1,5 @@
-"""An experiment's `base.pretrain:`: every run of the sweep fine-tunes from one pretrained encoder.
+"""An experiment's `base.pretrain:`: every run of the sweep fine-tunes from one pretrained encoder (a run's
+own `pretrain:` replaces it for that run, e.g. a row with another encoder and its own pretraining).
 
 `base.pretrain` names a registry/pretrain/ preset, a YAML file (relative to the experiment file) or an
 inline pretraining config. Loading the experiment resolves it and points each run's encoder options
@@ -36,6 +37,7 @@ class PretrainRef:
     data: dict[str, Any]
     steps: int
     objective: str
+    encoder: str  # the encoder it pretrains (a run fine-tuning from it must have the same)
 
     @property
     def config_name(self) -> str:
@@ -77,6 +79,7 @@ def resolve_pretrain_ref(value: Any, where: str, root: Path | None = None) -> Pr
         data=resolved["data"],
         steps=cfg.train.max_steps,
         objective=cfg.objective.name,
+        encoder=resolved["model"]["encoder"]["name"],
     )
 
 
@@ -91,6 +94,11 @@ def apply_pretrain(cfg: dict[str, Any], ref: PretrainRef, where: str) -> dict[st
     scenes must not be the fine-tuning scenes (same dataset and seed)."""
     from risbench.train.config import resolve_data
 
+    encoder = cfg["model"]["encoder"].get("name")
+    if encoder != ref.encoder:
+        raise RisbenchError(
+            f"{where}: {ref.config_name} pretrains encoder '{ref.encoder}', but the run's encoder is '{encoder}'"
+        )
     data = resolve_data(cfg.get("data"))  # with the dataset's defaults, as the pretraining data is
     if "seed" in data and data.get("name") == ref.data.get("name") and data.get("seed") == ref.data.get("seed"):
         raise RisbenchError(
@@ -116,7 +124,14 @@ def ensure_pretrained(ref: PretrainRef, *, quiet: bool = False) -> Pretrained:
 
 def describe_weights(weights: str) -> str:
     """A weights entry for a caption: a pretraining artifact by its name, objective and steps; a file under
-    the project by its relative path; anything else (`random`, another path) as it is."""
+    the project by its relative path; anything else (`random`, another path) as it is. A dual encoder's
+    `swin=PATH,bert=PATH` is described part by part, once when both parts are one artifact's."""
+    parts = dict(p.split("=", 1) for p in weights.split(",") if "=" in p) if "=" in weights else {}
+    if parts and len(parts) == weights.count("=") == weights.count(",") + 1:
+        described = {k: describe_weights(v) for k, v in parts.items()}
+        if len(set(described.values())) == 1 and "(pretrained:" in next(iter(described.values())):
+            return next(iter(described.values()))
+        return ", ".join(f"{k} {v}" for k, v in described.items())
     path = Path(weights)
     prov = path.parent / "pretrain.json"
     if weights != "random" and prov.is_file():

@@ -88,14 +88,15 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
     failed: list[str] = []
     if opts.backend == "print":
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-        if exp.pretrain is not None and not exp.pretrain.exists():
-            print(f"# first, once: risbench pretrain {exp.pretrain.config_name}")
+        for ref in exp.pretrains(runs):
+            if not ref.exists():
+                print(f"# first, once: risbench pretrain {ref.config_name}")
         print(f"# {exp.name}: {len(run_dirs)} runs; after they finish: risbench table {runs_dir / exp.name}")
         for line in backends.run_print(run_dirs, opts.nproc):
             print(line)
         return 0
-    if exp.pretrain is not None:  # once, before any run trains; a finished artifact is reused
-        ensure_pretrained(exp.pretrain)
+    for ref in exp.pretrains(runs):  # once each, before any run trains; a finished artifact is reused
+        ensure_pretrained(ref)
     if opts.backend == "slurm":
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
         jobs = run_slurm(

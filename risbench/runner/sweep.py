@@ -151,11 +151,13 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
 def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
     """Measure every run's model (each distinct spec once) and write flops.json; no data, no training."""
     cache: dict[str, Any] = {}
-    no_artifact = exp.pretrain is not None and not exp.pretrain.exists()  # checked once: it hashes every file
+    missing = {ref.name for ref in exp.pretrains() if not ref.exists()}  # checked once each: it hashes every file
+    ref_of = {run.run_id: run.pretrain for run in exp.runs}
     for run_dir in run_dirs:
         cfg = backends.load_run_config(run_dir)
-        if no_artifact:  # weights change no count: build without them
-            enc = {k: v for k, v in cfg["model"]["encoder"].items() if k not in exp.pretrain.encoder_options}
+        ref = ref_of.get(run_dir.name)
+        if ref is not None and ref.name in missing:  # weights change no count: build without them
+            enc = {k: v for k, v in cfg["model"]["encoder"].items() if k not in ref.encoder_options}
             cfg = {**cfg, "model": {**cfg["model"], "encoder": enc}}
         backends.ensure_flops(run_dir, cfg=cfg, cache=cache)
         data = json.loads((run_dir / "flops.json").read_text())

@@ -2,7 +2,8 @@
 then export it in the family's official checkpoint layout beside the tokenizer it was trained with.
 
 An artifact is a folder `<name>-<hash>/` (hash = `config_hash` of the resolved config):
-  encoder files   what the objective exports (BEiT-3: encoder.pth, loadable with encoder.weights=)
+  encoder files   what the objective exports (BEiT-3: encoder.pth, loadable with encoder.weights=; Swin + BERT:
+                  swin.pth and bert/, loadable with encoder.swin_weights= and encoder.bert_path=)
   tokenizer.*     the tokenizer the encoder's word ids refer to (fine-tuning must use the same one)
   pretrain_log.jsonl, config.yaml
   pretrain.json   provenance, written last (its presence marks a finished artifact): the resolved config and
@@ -338,8 +339,11 @@ def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, devic
     from risbench.data.tokenizers import save_tokenizer
 
     files = objective.export()
-    for file_name, payload in files.items():
-        atomic_write_bytes(out_dir / file_name, lambda f, obj=payload: torch.save(obj, f))
+    for file_name, payload in files.items():  # bytes as they are (e.g. a config.json), anything else torch.save'd
+        if isinstance(payload, bytes):
+            atomic_write_bytes(out_dir / file_name, lambda f, data=payload: f.write(data))
+        else:
+            atomic_write_bytes(out_dir / file_name, lambda f, obj=payload: torch.save(obj, f))
     tok_name = save_tokenizer(tokenizer, out_dir).name
     curve = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     evaluation = None

@@ -55,6 +55,14 @@ class SwinBertConfig:
     max_text_len: int = 20  # padded expression length the compared methods use (LAVT/CGFormer: 20)
     drop_path: float = 0.3  # Swin stochastic depth, linear over blocks (LAVT: 0.3)
     attn_implementation: str = "sdpa"  # transformers attention: sdpa (counted by our fvcore handle) | eager
+    # custom widths (null = the size's): the CPU-scale dual encoder is matched to a tiny BEiT-3's parameters
+    swin_embed_dim: int | None = None  # stage-1 width (stage s: embed * 2^(s-1))
+    swin_depths: tuple[int, ...] | None = None  # blocks per stage (its length = the number of stages)
+    swin_heads: tuple[int, ...] | None = None  # heads per stage
+    bert_hidden: int | None = None  # BERT width, layers, heads and FFN when built from a config
+    bert_layers: int | None = None  #   (a bert_path's config.json wins over all four)
+    bert_heads: int | None = None
+    bert_ffn: int | None = None
 
 
 def _swin_dims(cfg: SwinBertConfig) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -66,6 +74,19 @@ def _swin_dims(cfg: SwinBertConfig) -> tuple[int, tuple[int, ...], tuple[int, ..
             f"{', '.join(ATTN_IMPLEMENTATIONS)}"
         )
     embed, depths, heads = SWIN_SIZES[cfg.size]
+    embed = cfg.swin_embed_dim if cfg.swin_embed_dim is not None else embed
+    depths = tuple(cfg.swin_depths) if cfg.swin_depths is not None else depths
+    heads = tuple(cfg.swin_heads) if cfg.swin_heads is not None else heads
+    if len(heads) != len(depths) or not depths or min(depths) < 1 or embed < 1:
+        raise RisbenchError(
+            f"encoder swin_bert: swin_depths {list(depths)} and swin_heads {list(heads)} need one entry (>= 1) "
+            "per stage"
+        )
+    bad = [h for i, h in enumerate(heads) if h < 1 or (embed * 2**i) % h]
+    if bad:
+        raise RisbenchError(
+            f"encoder swin_bert: swin_heads {list(heads)} must divide the stage widths of embed {embed}"
+        )
     n = len(depths)
     idx = tuple(cfg.out_indices)
     if not idx or any(s < 1 or s > n for s in idx) or list(idx) != sorted(set(idx)):
@@ -77,6 +98,19 @@ def _swin_dims(cfg: SwinBertConfig) -> tuple[int, tuple[int, ...], tuple[int, ..
             f"(patch {cfg.patch_size} x 2^{n - 1} merges)"
         )
     return embed, depths, heads
+
+
+def bert_dims(cfg: SwinBertConfig) -> tuple[int, int, int, int]:
+    """(hidden, layers, heads, FFN) of a BERT built from a config: the size's, with the bert_* options."""
+    dims = BERT_SIZES.get(cfg.size, BERT_BASE)
+    given = (cfg.bert_hidden, cfg.bert_layers, cfg.bert_heads, cfg.bert_ffn)
+    hidden, layers, heads, ffn = (d if g is None else g for d, g in zip(dims, given, strict=True))
+    if min(hidden, layers, heads, ffn) < 1 or hidden % heads:
+        raise RisbenchError(
+            f"encoder swin_bert: BERT hidden {hidden}, layers {layers}, heads {heads}, FFN {ffn}: all >= 1 and "
+            "heads dividing hidden"
+        )
+    return hidden, layers, heads, ffn
 
 
 @ENCODERS.register("swin_bert", config=SwinBertConfig)
@@ -121,6 +155,7 @@ class SwinBertEncoder(Encoder):
     }
 
     tokenizer_family = "wordpiece"
+    pretrain_objective = "dual_unimodal"  # unimodal: SimMIM on Swin, masked LM on BERT (swin_bert_pretrain.py)
     pixel_mean = (0.485, 0.456, 0.406)
     pixel_std = (0.229, 0.224, 0.225)
 
@@ -194,7 +229,7 @@ class SwinBertEncoder(Encoder):
         from transformers import BertConfig, BertModel
 
         if cfg.bert_path is None:
-            hidden, layers, heads, ffn = BERT_SIZES.get(cfg.size, BERT_BASE)
+            hidden, layers, heads, ffn = bert_dims(cfg)
             bert_cfg = BertConfig(
                 vocab_size=cfg.vocab_size,
                 hidden_size=hidden,

@@ -25,7 +25,8 @@ query, [C:2C] the key, [2C:3C] the value), the module names differ, and two name
 A relative-position table made for another window (7 for the ImageNet-1k 224 models, 12 for the
 384 ones) is resized bicubically per head, (2w-1)^2 x heads -> (2w'-1)^2 x heads, as LAVT's loader
 (`lib/mmcv_custom/checkpoint.py`) does. Derived buffers (`relative_position_index`, `attn_mask`) are
-recomputed by the model; `head.*` (the classifier) and the final `norm.*` are reported as ignored:
+recomputed by the model; `head.*` (the classifier), the final `norm.*` and a SimMIM export's pretraining
+heads (`mask_token`, `decoder.*`, see swin_bert_pretrain.py) are reported as ignored:
 LAVT's backbone has no final norm, it has one fresh LayerNorm per output stage (`norm0`..`norm3`);
 a checkpoint that carries those (`norm{k}.*`) fills our per-stage `out_norms.{k}`.
 """
@@ -60,7 +61,8 @@ _TABLE_TARGETS = (
 )
 # buffers the model derives from its own window size; never loaded
 _DERIVED = re.compile(r"(relative_position_index|attn_mask)$")
-_IGNORED = re.compile(r"^(head\.|norm\.)")
+# the classifier, the final norm, and SimMIM's pretraining heads (its `mask_token` and `decoder.*`)
+_IGNORED = re.compile(r"^(head\.|norm\.|mask_token$|decoder\.)")
 
 _BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _TABLE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
@@ -229,3 +231,56 @@ def convert_swin_state_dict(
         k for k in target if k.startswith(out_norm_prefix) and k not in out
     ]
     return out, report
+
+
+def to_official_swin_state_dict(
+    state: dict[str, Tensor], swin_prefix: str = "swin.", out_norm_prefix: str = "out_norms."
+) -> dict[str, Tensor]:
+    """The reverse of `convert_swin_state_dict`: an encoder's state dict (transformers names under
+    `swin_prefix`, per-stage norms under `out_norm_prefix`) in the official Swin layout, q/k/v fused back
+    into `attn.qkv` (rows q, k, v) and `out_norms.{k}` as LAVT's `norm{k}`. Derived buffers are left out;
+    a key with no official name is an error. Loading the result with `convert_swin_state_dict` gives back
+    every tensor exactly."""
+    block = {v: k for k, vs in _BLOCK_RENAMES.items() for v in vs}
+    tables = {t: "attn.relative_position_bias_table" for t in _TABLE_TARGETS}
+    qkv = {name: (triple, i) for triple in _QKV_TARGETS for i, name in enumerate(triple)}
+    out: dict[str, Tensor] = {}
+    parts: dict[str, list[Tensor | None]] = {}
+    for key, value in state.items():
+        value = value.detach().cpu().clone()
+        if key.startswith(out_norm_prefix):
+            out["norm" + key[len(out_norm_prefix) :]] = value
+            continue
+        if not key.startswith(swin_prefix) or _DERIVED.search(key):
+            continue
+        rest = key[len(swin_prefix) :]
+        if rest.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + rest.rsplit(".", 1)[1]] = value
+        elif rest.startswith("embeddings.norm."):
+            out["patch_embed.norm." + rest.rsplit(".", 1)[1]] = value
+        elif rest == "embeddings.position_embeddings":
+            out["absolute_pos_embed"] = value
+        elif m := re.match(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$", rest):
+            i, j, inner = m.groups()
+            prefix = f"layers.{i}.blocks.{j}."
+            name, _, kind = inner.rpartition(".")
+            if inner in tables:
+                out[prefix + tables[inner]] = value
+            elif name in qkv:
+                triple, idx = qkv[name]
+                parts.setdefault(f"{prefix}attn.qkv.{kind}", [None, None, None])[idx] = value
+            elif name in block:
+                out[f"{prefix}{block[name]}.{kind}"] = value
+            else:
+                raise RisbenchError(f"encoder swin_bert: {key} has no official Swin name")
+        elif m := re.match(r"^encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", rest):
+            out[f"layers.{m.group(1)}.downsample.{m.group(2)}.{m.group(3)}"] = value
+        elif rest.startswith("embeddings.mask_token"):
+            out["mask_token"] = value
+        else:
+            raise RisbenchError(f"encoder swin_bert: {key} has no official Swin name")
+    for name, chunks in parts.items():
+        if any(c is None for c in chunks):
+            raise RisbenchError(f"encoder swin_bert: {name}: query, key and value are not all in the state dict")
+        out[name] = torch.cat(chunks, dim=0)  # type: ignore[arg-type]
+    return out

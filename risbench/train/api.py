@@ -213,16 +213,18 @@ def _train_and_evaluate(
     return metrics
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None):
-    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory.
-    checkpoint: auto (the one the run's metrics came from: eval.checkpoint, falling back to last), best,
-    last, or a path."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise RisbenchError(f"{run_dir}: not a run directory (no config.yaml)")
-    resolved = yaml.safe_load(cfg_path.read_text())
+def load_run(
+    run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None, overrides: list[str] | None = None
+):
+    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory, or of a
+    run config file with a checkpoint path (risbench.train.weights: a released model's file). checkpoint: auto
+    (the one the run's metrics came from: eval.checkpoint, falling back to last), best, last, or a path."""
+    from risbench.train.weights import load_model_weights, read_target
+
+    run_dir, resolved, is_run = read_target(run_dir, overrides)
     cfg, _ = resolve_run_config(resolved)
+    if not is_run and checkpoint in ("auto", "best", "last"):
+        raise RisbenchError(f"a run config has no checkpoints of its own: give --checkpoint PATH (not {checkpoint})")
     info = info or init_distributed()
     comp = build_components(cfg, resolved, info)
     ckpts = run_dir / "checkpoints"
@@ -233,7 +235,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | Non
     path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
     if not path.exists():
         raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
-    comp.model.load_state_dict(load_checkpoint(path, info.device)["model"])
+    load_model_weights(comp.model, path)
     comp.model.eval()
     return cfg, resolved, comp, str(path)
 
@@ -249,6 +251,7 @@ def evaluate_run(
     max_samples: int | None = None,
     write: bool = True,
     per_sentence: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
     <name>.<split>.csv with one row per sentence) and returns the JSON's content.
@@ -256,9 +259,11 @@ def evaluate_run(
     A full evaluation with the run's own settings (every sentence, its threshold, resolution and
     checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
     from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
-    run_dir = Path(run_dir)
+    from risbench.train.weights import read_target
+
     info = init_distributed()
-    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
+    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info, overrides)
+    run_dir = read_target(run_dir, overrides)[0]
     threshold = cfg.eval.threshold if threshold is None else threshold
     resolution = resolution or cfg.eval.resolution
     if resolution not in ("original", "input"):

@@ -22,19 +22,20 @@ def predict(
     *,
     threshold: float | None = None,
     checkpoint: str = "auto",
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Segment `expression` in one image with a trained run; save the mask overlaid on the image."""
     import numpy as np
     from PIL import Image
 
-    cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo())
+    cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo(), overrides)
     threshold = cfg.eval.threshold if threshold is None else threshold
     image_path = Path(image_path)
     if not image_path.is_file():
         raise RisbenchError(f"image not found: {image_path}")
     rgb = np.asarray(Image.open(image_path).convert("RGB"))
     enc = comp.model.encoder
-    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
+    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std, getattr(enc, "input_resize", "stretch"))
     img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
     ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
     dev = next(comp.model.parameters()).device

@@ -1,4 +1,7 @@
-"""`risbench train CONFIG`, `risbench eval RUN_DIR`, `risbench predict RUN_DIR IMAGE "expression"`."""
+"""`risbench train CONFIG`, `risbench eval RUN_DIR`, `risbench predict RUN_DIR IMAGE "expression"`.
+
+eval / predict also take a run config file with `--checkpoint PATH` (and `--set`): a released model's weights
+(risbench.train.weights: risbench's layout or DETRIS's), evaluated with that config's data and settings."""
 
 from __future__ import annotations
 
@@ -77,11 +80,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_cmd(
-        run_dir: Path = typer.Argument(..., help="a run folder (with config.yaml and checkpoints/)"),
+        run_dir: Path = typer.Argument(..., help="a run folder, or a run config .yaml with --checkpoint PATH"),
         split: list[str] = typer.Option([], "--split", help="split(s) to evaluate (default: the config's eval.splits)"),
         threshold: float = typer.Option(None, "--threshold", help="foreground when sigmoid > threshold (default 0.35)"),
         resolution: str = typer.Option(None, "--resolution", help="original | input"),
-        checkpoint: str = typer.Option("auto", "--checkpoint", help="auto | best | last | a .pt path"),
+        checkpoint: str = typer.Option(
+            "auto", "--checkpoint", help="auto | best | last | a path (risbench's .pt or a released DETRIS .pth)"
+        ),
+        set_: list[str] = typer.Option([], "--set", help="KEY=VALUE on a run config file (not on a run folder)"),
         swap_text: bool = typer.Option(False, "--swap-text", help="give every sample another sample's expression"),
         max_samples: int = typer.Option(None, "--max-samples", help="evaluate only the first N sentences"),
         as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
@@ -104,6 +110,7 @@ def register(app: typer.Typer) -> None:
             checkpoint=checkpoint,
             max_samples=max_samples,
             per_sentence=per_sentence,
+            overrides=list(set_),
         )
         if as_json:
             print(json.dumps(result, indent=2))
@@ -115,12 +122,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict_cmd(
-        run_dir: Path = typer.Argument(..., help="a trained run folder"),
+        run_dir: Path = typer.Argument(..., help="a run folder, or a run config .yaml with --checkpoint PATH"),
         image: Path = typer.Argument(..., help="an image file"),
         expression: str = typer.Argument(..., help="the referring expression"),
         out: Path = typer.Option(Path("overlay.png"), "--out", help="where to write the overlay PNG"),
         threshold: float = typer.Option(None, "--threshold"),
-        checkpoint: str = typer.Option("auto", "--checkpoint", help="auto | best | last | a .pt path"),
+        checkpoint: str = typer.Option(
+            "auto", "--checkpoint", help="auto | best | last | a path (risbench's .pt or a released DETRIS .pth)"
+        ),
+        set_: list[str] = typer.Option([], "--set", help="KEY=VALUE on a run config file (not on a run folder)"),
     ) -> None:
         """Segment one expression in one image; writes the mask overlaid on the image."""
         from risbench.train.predict import predict
@@ -130,5 +140,5 @@ def register(app: typer.Typer) -> None:
             raise RisbenchError(
                 'the expression is empty; give the words that refer to the object, e.g. "the red circle"'
             )
-        r = predict(run_dir, image, expression, out, threshold=threshold, checkpoint=checkpoint)
+        r = predict(run_dir, image, expression, out, threshold=threshold, checkpoint=checkpoint, overrides=list(set_))
         print(f"wrote {r['out']} (mask covers {100 * r['mask_fraction']:.1f}% of the image; {r['checkpoint']})")

@@ -55,8 +55,8 @@ class RefDataset(torch.utils.data.Dataset):
     when the iterator starts; with persistent_workers the copy would keep the old epoch).
     """
 
-    def __init__(self, *, image_size: int, mean, std, train: bool, seed: int = 0) -> None:
-        self.transform = ResizeNormalize(image_size, mean, std)
+    def __init__(self, *, image_size: int, mean, std, train: bool, seed: int = 0, resize: str = "stretch") -> None:
+        self.transform = ResizeNormalize(image_size, mean, std, resize)
         self.train = bool(train)
         self.seed = int(seed)
         self.epoch = 0

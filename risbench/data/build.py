@@ -45,10 +45,13 @@ def build_dataset(
     std,
     train: bool,
     seed: int = 0,
+    resize: str = "stretch",
 ):
-    """A torch Dataset of one split: one sentence per ref when `train` (see `set_epoch`), else every sentence."""
+    """A torch Dataset of one split: one sentence per ref when `train` (see `set_epoch`), else every sentence.
+    `resize`: stretch to the square input, or letterbox (risbench.data.transforms)."""
     cls, config = dataset_class_and_config(data_cfg)
-    return cls(config, split, image_size=image_size, mean=mean, std=std, train=train, seed=seed)
+    extra = {} if resize == "stretch" else {"resize": resize}  # a dataset class of its own may not take it
+    return cls(config, split, image_size=image_size, mean=mean, std=std, train=train, seed=seed, **extra)
 
 
 def train_texts(data_cfg: str | dict[str, Any]) -> list[str]:

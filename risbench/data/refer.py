@@ -230,8 +230,19 @@ def read_image(path: Path) -> np.ndarray:
 class ReferDataset(RefDataset):
     """RefCOCO / RefCOCO+ / RefCOCOg (and R-RefCOCO) in the REFER layout, masks via pycocotools."""
 
-    def __init__(self, cfg: ReferConfig, split: str, *, image_size: int, mean, std, train: bool, seed: int = 0):
-        super().__init__(image_size=image_size, mean=mean, std=std, train=train, seed=seed)
+    def __init__(
+        self,
+        cfg: ReferConfig,
+        split: str,
+        *,
+        image_size: int,
+        mean,
+        std,
+        train: bool,
+        seed: int = 0,
+        resize: str = "stretch",
+    ):
+        super().__init__(image_size=image_size, mean=mean, std=std, train=train, seed=seed, resize=resize)
         self.cfg = cfg
         self.split = split
         self.data = load_refer(cfg)

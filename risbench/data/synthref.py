@@ -129,8 +129,19 @@ class SceneSource:
 class SynthRefDataset(RefDataset):
     """SynthRef: procedural shapes on textured backgrounds with referring expressions (built in, no download)."""
 
-    def __init__(self, cfg: SynthRefConfig, split: str, *, image_size: int, mean, std, train: bool, seed: int = 0):
-        super().__init__(image_size=image_size, mean=mean, std=std, train=train, seed=seed)
+    def __init__(
+        self,
+        cfg: SynthRefConfig,
+        split: str,
+        *,
+        image_size: int,
+        mean,
+        std,
+        train: bool,
+        seed: int = 0,
+        resize: str = "stretch",
+    ):
+        super().__init__(image_size=image_size, mean=mean, std=std, train=train, seed=seed, resize=resize)
         self.cfg = cfg
         self.source = SceneSource(cfg, split)
         self.split = split

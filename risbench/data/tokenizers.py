@@ -1,4 +1,4 @@
-"""Tokenizers per encoder family, offline: SentencePiece (BEiT-3) and WordPiece (BERT).
+"""Tokenizers per encoder family, offline: SentencePiece (BEiT-3), WordPiece (BERT), CLIP BPE (risbench.data.clip_bpe).
 
 `build_tokenizer(family, path, train_texts, cache_dir, vocab_size)` returns a `Tokenizer` whose
 `encode(texts, max_len)` gives `(ids LongTensor (B, max_len), pad_mask BoolTensor (B, max_len), True on pad)`.
@@ -17,6 +17,8 @@
   lower-casing WordPiece through the `tokenizers` library; without it, a WordPiece vocabulary trained on
   `train_texts` with [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, cached the same way.
   Framing: [CLS] + pieces[:max_len - 2] + [SEP] + padding.
+- "clip_bpe": CLIP's byte-level BPE (OpenAI's merges file, a Hugging Face CLIP directory, or a tokenizers json),
+  or one trained on `train_texts` with CLIP's pipeline, cached the same way; see `risbench.data.clip_bpe`.
 
 Every id is < `vocab_size` (the encoder's embedding size); a trained vocabulary is capped at it and a
 file-based one larger than it is an error.
@@ -33,7 +35,7 @@ import torch
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.io import atomic_write_path
 
-FAMILIES = ("sentencepiece", "wordpiece")
+FAMILIES = ("sentencepiece", "wordpiece", "clip_bpe")
 
 
 class Tokenizer:
@@ -231,6 +233,10 @@ def build_tokenizer(
                 tok: Tokenizer = SentencePieceTokenizer(path, xlmr_offset=None, source=str(path))
             except (OSError, RuntimeError) as exc:
                 raise RisbenchError(f"{path}: not a SentencePiece model ({exc})") from None
+        elif family == "clip_bpe":
+            from risbench.data.clip_bpe import ClipBpeTokenizer, read_clip_tokenizer
+
+            tok = ClipBpeTokenizer(read_clip_tokenizer(path), source=str(path))
         else:
             tok = WordPieceTokenizer(_load_wordpiece(path), source=str(path))
         if tok.vocab_size > vocab_size:
@@ -249,6 +255,13 @@ def build_tokenizer(
         if not file.is_file():
             atomic_write_path(file, lambda p: _train_sentencepiece(train_texts, vocab_size, p))
         tok = SentencePieceTokenizer(file, xlmr_offset=False, source=f"{file} ({how})")
+    elif family == "clip_bpe":
+        from risbench.data.clip_bpe import ClipBpeTokenizer, read_clip_tokenizer, train_clip_bpe
+
+        file = cache_dir / f"clip-bpe-{key}.json"
+        if not file.is_file():
+            atomic_write_path(file, lambda p: train_clip_bpe(train_texts, vocab_size, p))
+        tok = ClipBpeTokenizer(read_clip_tokenizer(file), source=f"{file} ({how})")
     else:
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -261,11 +274,11 @@ def build_tokenizer(
     return tok
 
 
-ARTIFACT_NAMES = {"sentencepiece": "tokenizer.model", "wordpiece": "tokenizer.json"}
+ARTIFACT_NAMES = {"sentencepiece": "tokenizer.model", "wordpiece": "tokenizer.json", "clip_bpe": "tokenizer.json"}
 
 
 def save_tokenizer(tok: Tokenizer, directory: Path) -> Path:
-    """Write `tok` as one file in `directory` (SentencePiece: its model; WordPiece: a tokenizers json) that
+    """Write `tok` as one file in `directory` (SentencePiece: its model; WordPiece, CLIP BPE: a tokenizers json) that
     `build_tokenizer(family, path=...)` reads back with the same ids; returns the path."""
     path = Path(directory) / ARTIFACT_NAMES[tok.family]
     if isinstance(tok, SentencePieceTokenizer):

@@ -120,6 +120,8 @@ class Encoder(AttentionMaps, nn.Module):
     # mean/std the images are normalised with (per encoder family)
     pixel_mean: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     pixel_std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
+    # how images reach the square input: stretch (LAVT, CGFormer) or letterbox (CRIS, DETRIS; data/transforms.py)
+    input_resize: str = "stretch"
     out_spec: FeatureSpec
     image_size: int
     vocab_size: int

@@ -61,6 +61,7 @@ class TableSpec:
     split: str = "val"
     cost: str = "total"  # which part Params/GFLOPs count: total, encoder, fpn, decoder
     caption: str | None = None  # first sentence of the caption (the rest is generated)
+    paper_caption: str | None = None  # where the paper's numbers come from (default: Shared-RIS Table <mirrors>)
     reference: str | None = None  # run compared with every other row (default: the last run listed)
     delta: list[str] = field(default_factory=lambda: ["oiou", "miou"])  # Δ columns in Markdown / LaTeX
 
@@ -192,6 +193,10 @@ def _apply_variant(
                 cfg["model"] = resolve_model(value)
             except RisbenchError as exc:
                 raise type(exc)(f"{where}.model: {exc}") from None
+            continue
+        if section == "data" and isinstance(value, dict) and "preset" in value:
+            # another dataset: its preset replaces the base's data (merged, the base's resolved options would win)
+            cfg["data"] = dict(value)
             continue
         if not isinstance(value, dict):
             raise RisbenchError(f"{where}.{section}: expected a mapping, got {value!r}")

@@ -230,7 +230,9 @@ def caption_for(
     if text_lens:
         flop_text += f", {one(text_lens, '')} text tokens"
     parts.append(flop_text)
-    if spec.get("mirrors"):
+    if spec.get("paper_caption"):
+        parts.append(f"paper: {spec['paper_caption']}")
+    elif spec.get("mirrors"):
         parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, 480×480)")
     if accuracy:
         parts.append("best in bold, second underlined")

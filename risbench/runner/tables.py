@@ -196,8 +196,10 @@ class TableData:
         return out
 
 
-def load_paper_table(mirrors: str) -> pd.DataFrame:
-    """The rows of one paper table from registry/paper_tables.csv, indexed by variant."""
+def load_paper_table(mirrors: str, split: str | None = None) -> pd.DataFrame:
+    """The rows of one paper table from registry/paper_tables.csv, indexed by variant. A table whose rows name
+    a `dataset` and `split` (DETRIS's README: one row per dataset x split) keeps the rows of `split` only, each
+    also reachable as "variant / dataset"; the Shared-RIS tables leave both empty (one split: RefCOCO+ val)."""
     path = registry_dir() / "paper_tables.csv"
     if not path.is_file():
         path = PROJECT_ROOT / "registry" / "paper_tables.csv"
@@ -207,9 +209,14 @@ def load_paper_table(mirrors: str) -> pd.DataFrame:
     rows = frame[frame["table"] == str(mirrors)]
     if rows.empty:
         raise UnknownNameError(unknown_name_message("paper table", str(mirrors), sorted(set(frame["table"]))))
+    keyed = []
+    if "split" in rows.columns and rows["split"].notna().any():
+        rows = rows[rows["split"].isna() | (rows["split"] == split)]
+        dataset = rows["dataset"].fillna("")
+        keyed = [rows[dataset != ""].assign(variant=rows["variant"] + " / " + dataset)]
     # a variant named twice (Table VI: CGFormer on two encoders) is also reachable as "variant (encoder)"
     both = rows.assign(variant=rows["variant"] + " (" + rows["encoder"] + ")")
-    return pd.concat([rows, both]).drop_duplicates("variant", keep="first").set_index("variant")
+    return pd.concat([*keyed, rows, both]).drop_duplicates("variant", keep="first").set_index("variant")
 
 
 def build_table(
@@ -252,7 +259,7 @@ def build_table(
     paper = pd.DataFrame(index=variants)
     paper_variant: dict[str, str] = {}
     if spec.get("mirrors"):
-        ptable = load_paper_table(spec["mirrors"])
+        ptable = load_paper_table(spec["mirrors"], split)
         for v in variants:
             pv = rows_map.get(v, v)
             if pv in ptable.index:

@@ -102,6 +102,7 @@ def build_split(comp: Components, split: str, *, train: bool, seed: int):
         std=enc.pixel_std,
         train=train,
         seed=seed,
+        resize=getattr(enc, "input_resize", "stretch"),
     )
 
 

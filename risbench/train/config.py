@@ -23,7 +23,9 @@ from risbench.data.build import dataset_class_and_config, resolve_data_config
 from risbench.registry import LOSSES
 from risbench.spec import apply_overrides, resolve_model
 
-SCHEDULES = ("cosine", "linear", "constant", "poly")
+SCHEDULES = ("cosine", "linear", "constant", "poly")  # progress-driven (pretraining's too)
+RUN_SCHEDULES = (*SCHEDULES, "step")  # step: x gamma at each epoch in `milestones` (MultiStepLR)
+OPTIMIZERS = ("adamw", "adam")
 RESOLUTIONS = ("original", "input")
 AMP_MODES = ("auto", "bf16", "off")
 # Keys whose value does not change what a run computes: ignored when deciding whether a finished or
@@ -36,6 +38,9 @@ VOLATILE_KEYS = (
     ("train", "threads"),
     ("description",),
 )
+# Recipe keys added after runs were made: left out of the comparison (and so of run hashes) while they hold
+# these values, so that a config written before them still names the same run.
+LATER_DEFAULTS = {("train", "optimizer"): "adamw", ("train", "milestones"): [], ("train", "gamma"): 0.1}
 
 
 @dataclass
@@ -58,8 +63,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
+    optimizer: str = "adamw"  # adamw (decoupled decay) | adam (L2 decay in the gradient, torch.optim.Adam)
     warmup_steps: int = 0
     schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)  # schedule step: epochs at which lr *= gamma
+    gamma: float = 0.1
     min_lr: float = 0.0
     clip_grad: float | None = 1.0  # max L2 norm of all gradients; null = off
     loss: LossConfig = field(default_factory=LossConfig)
@@ -79,8 +87,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):
             self.amp = "auto" if self.amp else "off"
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.schedule not in RUN_SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(RUN_SCHEDULES)}, got '{self.schedule}'")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
+        self.milestones = [int(m) for m in self.milestones]
+        if (self.schedule == "step") != bool(self.milestones):
+            raise ValueError(f"milestones go with schedule step (and it needs them); got {self.milestones}")
+        if any(m < 1 for m in self.milestones) or sorted(set(self.milestones)) != self.milestones:
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
         if self.batch_size < 1 or self.epochs < 0:
@@ -214,6 +231,10 @@ def resolve_run_config(raw: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
 def comparable(resolved: dict[str, Any], volatile: tuple[tuple[str, ...], ...] = VOLATILE_KEYS) -> dict[str, Any]:
     """The resolved config without the keys that do not change results (`volatile`, default VOLATILE_KEYS)."""
     out = copy.deepcopy(resolved)
+    for path, default in LATER_DEFAULTS.items():
+        node = out.get(path[0])
+        if isinstance(node, dict) and path[1] in node and node[path[1]] == default:
+            del node[path[1]]
     for path in volatile:
         node = out
         for part in path[:-1]:

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from risbench.errors import RisbenchError
-from risbench.train.api import load_run
 from risbench.train.components import build_split
 from risbench.train.distributed import DistInfo
 from risbench.train.metrics import score_sentence
 from risbench.train.predict import segment
+from risbench.train.reeval import load_run
 
 
 @dataclass

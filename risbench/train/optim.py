@@ -1,5 +1,6 @@
-"""Optimizer and learning-rate schedule of the recipe: AdamW with decoupled weight decay on weights only,
-linear warmup then cosine (or linear / poly / constant) decay to `min_lr`, driven by training progress.
+"""Optimizer and learning-rate schedule of the recipe: AdamW with decoupled weight decay on weights only (or
+Adam, L2 decay), linear warmup then cosine (or linear / poly / constant) decay to `min_lr`, driven by training
+progress, or `step`: x `gamma` at each epoch of `milestones` (MultiStepLR stepped per epoch, as DETRIS/CRIS).
 
 Progress is `step / total_steps`. With a wall-clock budget (`train.max_minutes`) progress is the larger
 of that and `elapsed / budget`, so the schedule reaches `min_lr` when the time runs out (a time-budgeted
@@ -35,18 +36,20 @@ def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = 
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; the model's `no_weight_decay()` names are excluded from decay."""
+    """AdamW (or Adam) over `param_groups`; the model's `no_weight_decay()` names are excluded from decay."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay, skip), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
-    )
+    cls = torch.optim.Adam if getattr(cfg, "optimizer", "adamw") == "adam" else torch.optim.AdamW
+    return cls(param_groups(model, cfg.weight_decay, skip), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 class LRSchedule:
     """lr(step, progress): linear warmup over `warmup_steps`, then the named decay to `min_lr`."""
 
-    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
+    def __init__(self, cfg: TrainConfig, total_steps: int, steps_per_epoch: int | None = None) -> None:
         self.base_lr = cfg.lr
+        self.milestones = list(getattr(cfg, "milestones", []) or [])
+        self.gamma = float(getattr(cfg, "gamma", 0.1))
+        self.steps_per_epoch = max(1, steps_per_epoch or total_steps)
         self.min_lr = cfg.min_lr
         self.warmup_steps = cfg.warmup_steps
         self.schedule = cfg.schedule
@@ -57,6 +60,9 @@ class LRSchedule:
         """Learning rate for optimizer step `step` (0-based). `time_progress` in [0, 1] (time budget)."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
+        if self.schedule == "step":  # the epoch of this step; milestones passed so far
+            epoch = step // self.steps_per_epoch
+            return self.base_lr * self.gamma ** sum(epoch >= m for m in self.milestones)
         span = max(1, self.total_steps - self.warmup_steps)
         t = max((step - self.warmup_steps) / span, time_progress)
         t = min(max(t, 0.0), 1.0)

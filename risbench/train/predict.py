@@ -22,7 +22,7 @@ def segment(comp: Any, cfg: Any, rgb: Any, expression: str) -> tuple[Any, Any]:
     import numpy as np
 
     enc = comp.model.encoder
-    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std)
+    transform = ResizeNormalize(comp.image_size, enc.pixel_mean, enc.pixel_std, enc.input_resize)
     img, _, resize = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
     ids, pad = comp.tokenizer.encode([expression], cfg.tokenizer.max_len)
     dev = next(comp.model.parameters()).device
@@ -40,6 +40,7 @@ def predict(
     *,
     threshold: float | None = None,
     checkpoint: str = "auto",
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Segment `expression` in one image with a trained run; save the input beside the outlined mask, the
     expression (and the existence score, when the decoder has one) under them (risbench.train.overlay)."""
@@ -48,7 +49,7 @@ def predict(
     rgb = read_rgb(Path(image_path))  # before the model is loaded: a bad image fails at once
     out_path = Path(out_path)
     check_writable(out_path.parent, "--out folder")
-    cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo())
+    cfg, _, comp, used = load_run(run_dir, checkpoint, DistInfo(), overrides)
     threshold = cfg.eval.threshold if threshold is None else threshold
     prob, out = segment(comp, cfg, rgb, expression)
     mask = prob > threshold

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from risbench.errors import RisbenchError
 from risbench.io import atomic_write_json, atomic_write_text, check_writable
 from risbench.train.api import evaluate_splits, run_provenance
@@ -21,16 +19,20 @@ from risbench.train.metrics import SentenceResult
 from risbench.train.sentences import per_sentence_path, write_per_sentence
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None):
-    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory.
-    checkpoint: auto (the one the run's metrics came from: eval.checkpoint, falling back to last), best,
-    last, or a path."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise RisbenchError(f"{run_dir}: not a run directory (no config.yaml)")
-    resolved = yaml.safe_load(cfg_path.read_text())
+def load_run(
+    run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | None = None, overrides: list[str] | None = None
+):
+    """(RunConfig, resolved dict, Components with weights loaded, checkpoint used) of a run directory, or of a
+    run config file with a checkpoint path (risbench.train.weights: a released model's file). checkpoint: auto
+    (the one the run's metrics came from: eval.checkpoint, falling back to last), best, last, or a path.
+    A run's own checkpoint is checked against its digest and its model; a file given by path is read in
+    whichever layout it has (`load_model_weights`)."""
+    from risbench.train.weights import load_model_weights, read_target
+
+    run_dir, resolved, is_run = read_target(run_dir, overrides)
     cfg, _ = resolve_run_config(resolved)
+    if not is_run and checkpoint in ("auto", "best", "last"):
+        raise RisbenchError(f"a run config has no checkpoints of its own: give --checkpoint PATH (not {checkpoint})")
     info = info or init_distributed()
     comp = build_components(cfg, resolved, info)
     ckpts = run_dir / "checkpoints"
@@ -38,10 +40,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "auto", info: DistInfo | Non
         checkpoint = cfg.eval.checkpoint
         if not (ckpts / f"{checkpoint}.pt").exists():
             checkpoint = "last"
-    path = Path(checkpoint) if checkpoint not in ("best", "last") else ckpts / f"{checkpoint}.pt"
+    own = checkpoint in ("best", "last")
+    path = ckpts / f"{checkpoint}.pt" if own else Path(checkpoint)
     if not path.exists():
         raise RisbenchError(f"{path}: no such checkpoint (has the run trained?)")
-    load_model_state(comp.model, load_checkpoint(path, info.device), path, resolved["model"])
+    if own or _is_risbench_file(path):  # its digest checked; a checkpoint of another model is named
+        load_model_state(comp.model, load_checkpoint(path, info.device), path, resolved["model"])
+    else:  # a released model's file in another layout (risbench.train.weights)
+        load_model_weights(comp.model, path)
     comp.model.eval()
     return cfg, resolved, comp, str(path)
 
@@ -68,6 +74,7 @@ def evaluate_run(
     max_samples: int | None = None,
     write: bool = True,
     per_sentence: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run again; writes run_dir/evals/<name>.json (and, with `per_sentence`,
     <name>.<split>.csv with one row per sentence) and returns the JSON's content.
@@ -75,13 +82,15 @@ def evaluate_run(
     A full evaluation with the run's own settings (every sentence, its threshold, resolution and
     checkpoint, original text) also adds run_dir/per_sentence.<split>.csv.gz where the run lacks it (runs
     from before those files); it never replaces one, and a partial one (`max_samples`) never writes it."""
-    run_dir = Path(run_dir)
+    from risbench.train.weights import read_target
+
     if max_samples is not None and max_samples < 1:
         raise RisbenchError(f"--max-samples must be >= 1, got {max_samples}")
     info = init_distributed()
+    target, run_dir = run_dir, read_target(run_dir, overrides)[0]  # what to load; where evaluations go
     if write and info.is_main:
         check_writable(run_dir / "evals", "run folder")
-    cfg, resolved, comp, used = load_run(run_dir, checkpoint, info)
+    cfg, resolved, comp, used = load_run(target, checkpoint, info, overrides)
     threshold = cfg.eval.threshold if threshold is None else threshold
     resolution = resolution or cfg.eval.resolution
     if resolution not in ("original", "input"):
@@ -116,3 +125,13 @@ def evaluate_run(
         atomic_write_json(run_dir / "evals" / f"{name}.json", result)
         result["written_to"] = str(run_dir / "evals" / f"{name}.json")
     return result
+
+
+def _is_risbench_file(path: Path) -> bool:
+    """Whether `path` is in risbench's checkpoint layout, or unreadable (then `load_checkpoint` says why)."""
+    from risbench.train.weights import checkpoint_layout, read_weights
+
+    try:
+        return checkpoint_layout(read_weights(path)) == "risbench"
+    except RisbenchError:
+        return True

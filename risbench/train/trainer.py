@@ -91,7 +91,7 @@ def train(
 
     loss_fn = build_loss(tcfg.loss.name, tcfg.loss.options)
     optimizer = build_optimizer(model, tcfg)
-    schedule = LRSchedule(tcfg, total_steps)
+    schedule = LRSchedule(tcfg, total_steps, steps_per_epoch)
     state = TrainState()
 
     last = ckpt_dir / "last.pt"

@@ -35,6 +35,11 @@ class DualConfig:
     train: tuple[str, ...] = ()
     pixel_mean: tuple[float, float, float] = CLIP_MEAN  # DETRIS normalises with CLIP's mean/std
     pixel_std: tuple[float, float, float] = CLIP_STD
+    resize: str = "stretch"  # stretch | letterbox (DETRIS: letterbox, the long side to the input, centred)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("stretch", "letterbox"):
+            raise ValueError(f"resize must be stretch or letterbox, got '{self.resize}'")
 
 
 def _tower(registry, section: dict[str, Any], where: str, **kwargs: Any):
@@ -84,6 +89,7 @@ class DualEncoder(Encoder):
         self.vision = _tower(VISION_TOWERS, cfg.vision, "encoder.vision", context_dim=self.text.dim)
         self.tokenizer_family = type(self.text).tokenizer_family
         self.pixel_mean, self.pixel_std = tuple(cfg.pixel_mean), tuple(cfg.pixel_std)
+        self.input_resize = cfg.resize
         self.image_size = self.vision.image_size
         self.vocab_size = self.text.vocab_size
         self.max_text_len = self.text.max_text_len

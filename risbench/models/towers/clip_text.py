@@ -24,9 +24,11 @@ from risbench.registry import TEXT_TOWERS
 
 logger = logging.getLogger(__name__)
 
-# width, layers, heads, FFN, projection (CLIP ViT-B/16's text transformer); "tiny-test" is ours, for CPU tests
+# width, layers, heads, FFN, projection (CLIP ViT-B/16's text transformer); "tiny-test" (CPU tests) and "tiny"
+# (the CPU-scale detris-tiny preset) are ours
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny-test": (32, 2, 2, 64, 32),
+    "tiny": (128, 4, 4, 512, 128),
     "base": (512, 12, 8, 2048, 512),
 }
 
@@ -35,7 +37,7 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 class ClipTextConfig:
     """Options of the CLIP text tower."""
 
-    size: str = "base"  # tiny-test | base
+    size: str = "base"  # tiny-test | tiny | base
     vocab_size: int = 49408
     context_length: int = 77  # the position table (CLIP's); the first max_text_len rows are used
     max_text_len: int = 17  # DETRIS's word_len (with <|startoftext|> and <|endoftext|>)

@@ -19,8 +19,14 @@ from risbench.registry import VISION_TOWERS
 
 logger = logging.getLogger(__name__)
 
-# hidden, layers, heads (facebookresearch/dinov2 vit_base / vit_large); "tiny-test" is ours, for CPU tests
-SIZES: dict[str, tuple[int, int, int]] = {"tiny-test": (32, 2, 2), "base": (768, 12, 12), "large": (1024, 24, 16)}
+# hidden, layers, heads (facebookresearch/dinov2 vit_base / vit_large); "tiny-test" (CPU tests) and "tiny"
+# (the CPU-scale detris-tiny preset, ViT-Ti's width at 4 blocks) are ours
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny-test": (32, 2, 2),
+    "tiny": (192, 4, 3),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
 NUM_REGISTERS = 4
 
 
@@ -28,7 +34,7 @@ NUM_REGISTERS = 4
 class Dinov2RegConfig:
     """Options of the DINOv2-with-registers vision tower."""
 
-    size: str = "base"  # tiny-test | base | large
+    size: str = "base"  # tiny-test | tiny | base | large
     image_size: int = 448  # DETRIS: 448 -> a 32 x 32 grid
     patch_size: int = 14
     weights: str | None = None  # official dinov2_vit{b,l}14_reg4_pretrain.pth; None = random init

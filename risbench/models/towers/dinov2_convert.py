@@ -39,7 +39,7 @@ def resize_pos_embed(pos: Tensor, grid: int, offset: float = 0.1) -> Tensor:
     exactly DINOv2's `interpolate_pos_encoding` (which DETRIS runs on every forward; we run it once)."""
     n = pos.shape[1] - 1
     m = int(math.sqrt(n))
-    if m * m != n:
+    if m < 1 or m * m != n:
         raise RisbenchError(f"dinov2: position table of {n} patches is not square")
     if m == grid:
         return pos

@@ -254,6 +254,8 @@ def test_time_budget_stops_training(tmp_path):
 
 def test_figure_grid_and_attention(finished_run, tmp_path, capsys):
     """`risbench figure`: a qualitative grid of two runs and the attention maps of one, as PNG and PDF."""
+    from PIL import Image
+
     from risbench.cli.main import main
 
     _, run_dir, _ = finished_run
@@ -262,9 +264,14 @@ def test_figure_grid_and_attention(finished_run, tmp_path, capsys):
     assert main([*args, "--pick", "disagree", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "grid.pdf").read_bytes()[:5] == b"%PDF-"
     assert "(sentences 0, 1)" in capsys.readouterr().out  # identical runs: no spread, sentence order
+    with Image.open(out) as grid:  # 2 sentences x (image, ground truth, 2 runs) at 1.9 x 2.25 in, 200 dpi,
+        width, height = grid.size  # then cropped to its content (bbox_inches="tight")
+        assert abs(width - 1.9 * 4 * 200) < 0.05 * 1520 and abs(height - 2.25 * 2 * 200) < 0.05 * 900
     att = tmp_path / "att"
     assert main(["figure", "attention", str(run_dir), "--index", "1", "--out", str(att)]) == 0
     assert (tmp_path / "att.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "att.pdf").is_file()
+    with Image.open(tmp_path / "att.png") as maps:
+        assert maps.size[0] > 0 and maps.size[1] > 0 and maps.getextrema() != ((0, 0),) * len(maps.getbands())
     assert "encoder layer 1, encoder layer 2, fpn stage 1, fpn stage 2" in capsys.readouterr().out
     assert main(["figure", "attention", str(run_dir), "--layer", "decoder layer 9", "--out", str(att)]) == 2
     assert "kept: encoder layer 1" in capsys.readouterr().err

@@ -202,7 +202,28 @@ def read_only_dir():
     shutil.rmtree(top)
 
 
-def test_read_only_output_folder_is_named_before_computing(read_only_dir, capsys):
+def _as_read_only(read_only_dir: Path, monkeypatch):
+    """A context in which `read_only_dir` cannot be written: as user nobody when the tests run as root and
+    nobody can read the interpreter and the checkout; else (a private /root or checkout folder) root's
+    os.access reports the folder as not writable, so the command's own check is what refuses it."""
+    from risbench.config import PROJECT_ROOT
+
+    needed = (PROJECT_ROOT / "configs" / "tiny-synthref.yaml", Path(os.__file__), Path(yaml.__file__))
+    with _unprivileged():
+        nobody_can_run = all(os.access(p, os.R_OK, effective_ids=True) for p in needed)
+    if os.geteuid() != 0 or nobody_can_run:
+        return _unprivileged()
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        inside = Path(path).resolve().is_relative_to(read_only_dir.resolve())
+        return False if inside and mode & os.W_OK else real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    return contextlib.nullcontext()
+
+
+def test_read_only_output_folder_is_named_before_computing(read_only_dir, capsys, monkeypatch):
     exp = read_only_dir.parent / "e.yaml"
     exp.write_text(yaml.safe_dump({"name": "e", "base": {"model": "shared-ris-tiny", "data": "synthref-refcoco+"}}))
     exp.chmod(0o644)
@@ -215,7 +236,7 @@ def test_read_only_output_folder_is_named_before_computing(read_only_dir, capsys
         (["run", str(exp), "--runs-dir", str(other), "--results-dir", str(read_only_dir)], "--results-dir"),
     ]
     for args, what in cases:
-        with _unprivileged():
+        with _as_read_only(read_only_dir, monkeypatch):
             err = _one_line_error(capsys, args)
         assert what in err and "is not writable" in err, err
         assert _files(read_only_dir) == set()

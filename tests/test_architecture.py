@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models/data", ("risbench.models", "risbench.data")),
     ("spec", ("risbench.spec",)),
     ("registry", ("risbench.registry",)),
-    ("config", ("risbench.config", "risbench.io", "risbench.flops")),
+    ("config", ("risbench.config", "risbench.io", "risbench.torchscript", "risbench.flops")),
     ("errors", ("risbench.errors",)),
 ]
 # The old launch module name, kept for torchrun lines printed before it moved to cli/.

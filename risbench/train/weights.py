@@ -7,8 +7,8 @@ Layouts recognised by `load_model_weights`:
   "module.neck.*", ...}}`), converted key by key (risbench.models.detris_checkpoint).
 A file that fits neither, or does not fit the model, is one RisbenchError line.
 
-OpenAI's `ViT-B-16.pt` is a TorchScript archive, not a state dict, and no reader that runs none of its code
-exists yet (issue 12, item 6): give `encoder.text.path` a local Hugging Face CLIP directory instead.
+OpenAI's `ViT-B-16.pt` is a TorchScript archive, not a state dict: the CLIP text tower reads its tensors
+with `risbench.torchscript.load_torchscript_state_dict` (`encoder.text.clip_state_dict`), never its code.
 """
 
 from __future__ import annotations

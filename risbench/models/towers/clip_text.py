@@ -1,8 +1,8 @@
 """The CLIP text transformer as a text tower (DETRIS's text backbone, CLIP ViT-B/16's), from transformers.
 
 Built from `CLIPTextConfig` (no hub). Weights: an OpenAI-layout state dict (`clip_state_dict`: a
-weights-only .pt/.pth/.safetensors of ViT-B-16's tensors) or a local Hugging Face CLIP directory (`path`).
-TODO(load_torchscript_state_dict): the OpenAI ViT-B-16.pt TorchScript archive itself is not read here yet.
+weights-only .pt/.pth/.safetensors of ViT-B-16's tensors, or OpenAI's TorchScript `ViT-B-16.pt` itself, whose
+tensors `risbench.torchscript` reads without running its code) or a local Hugging Face CLIP directory (`path`).
 """
 
 from __future__ import annotations

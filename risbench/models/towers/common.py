@@ -42,6 +42,13 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if _is_torchscript(path):  # OpenAI CLIP's .pt: its tensors, none of its code
+        from risbench.torchscript import load_torchscript_state_dict
+
+        try:
+            return load_torchscript_state_dict(path)
+        except RisbenchError as exc:
+            raise RisbenchError(f"{where}: {exc}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a TorchScript archive or a pickle with code in it
@@ -52,6 +59,16 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, Tensor]:
     if not isinstance(obj, dict):
         raise RisbenchError(f"{where}: {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip with a `<root>/code/` folder: an archive of torch.jit.save."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.count("/") >= 2 and name.split("/")[1] == "code" for name in archive.namelist())
 
 
 def check_keys(converted: dict[str, Tensor], target: dict[str, Tensor], where: str, path: str) -> None:

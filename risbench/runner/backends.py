@@ -25,12 +25,11 @@ from risbench.flops import measure
 from risbench.io import atomic_write_json
 from risbench.models.segmenter import build_segmenter
 from risbench.runner.progress import SweepProgress
-from risbench.runner.tables import read_result
 from risbench.spec import resolve_model_spec
 from risbench.train.api import train_run
 from risbench.train.codeversion import FLOPS_ROOTS, code_version
 from risbench.train.lock import RunLocked, held_by_other, run_lock
-from risbench.train.rundir import is_current, is_finished, read_metrics, settle_code_version
+from risbench.train.rundir import is_current, is_finished, read_metrics, read_result, settle_code_version
 from risbench.train.signals import TrainingInterrupted
 
 DEFAULT_TEXT_LEN = 20

@@ -25,6 +25,7 @@ from risbench.errors import RisbenchError, UnknownNameError, unknown_name_messag
 from risbench.runner.columns import COLUMNS, DECIMALS, HIGHER_IS_BETTER
 from risbench.runner.stats import DEFAULT_REPLICATES
 from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
+from risbench.train.rundir import read_result
 
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
 
@@ -101,21 +102,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """A run's metrics.json or flops.json; an unreadable one is a RisbenchError naming it (a corrupt result
-    is never shown as a missing value)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RisbenchError(
-            f"{path}: not readable JSON ({str(exc).splitlines()[0]}); delete it and re-run that run "
-            f"(risbench run / train reuses its checkpoints)"
-        ) from None
-    if not isinstance(data, dict):
-        raise RisbenchError(f"{path}: expected a JSON object, got {type(data).__name__}; delete it and re-run")
-    return data
 
 
 def run_meta(run_dir: Path) -> dict[str, Any] | None:

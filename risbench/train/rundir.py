@@ -30,19 +30,24 @@ def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "metrics.json").is_file()
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """A finished run's metrics.json; a corrupt one is a RisbenchError naming the file."""
-    path = Path(run_dir) / "metrics.json"
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's metrics.json or flops.json; an unreadable one is a RisbenchError naming it (a corrupt result
+    is never shown as a missing value)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RisbenchError(
-            f"{path}: not a readable metrics.json ({str(exc).splitlines()[0]}); delete it and re-run the run, "
-            f"or restore it"
+            f"{path}: not readable JSON ({str(exc).splitlines()[0]}); delete it and re-run that run "
+            f"(risbench run / train reuses its checkpoints)"
         ) from None
     if not isinstance(data, dict):
         raise RisbenchError(f"{path}: expected a JSON object, got {type(data).__name__}; delete it and re-run")
     return data
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A finished run's metrics.json; a corrupt one is a RisbenchError naming the file."""
+    return read_result(Path(run_dir) / "metrics.json")
 
 
 def check_config(run_dir: Path, resolved: dict[str, Any]) -> None:

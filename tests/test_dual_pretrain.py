@@ -34,22 +34,15 @@ TEXTS = ["a small red circle and a big blue star", "the green triangle on the le
 
 
 def tiny_pretrain(tmp_path: Path, **train) -> dict:
+    """test_pretrain's tiny BEiT-3 pretraining config, with the tiny dual encoder and its objective."""
+    from test_pretrain import tiny_pretrain as tiny_beit3_pretrain
+
+    cfg = tiny_beit3_pretrain(tmp_path, **{"max_steps": 3, **train})
     return {
+        **cfg,
         "name": "tiny-dual",
         "model": {"preset": "dual-ris-tiny", "encoder": TINY_DUAL},
-        "data": {"name": "synthref", "num_train": 8, "num_val": 2, "num_test": 2, "image_size": 40, "seed": 1000},
         "objective": {"name": "dual_unimodal", "mask_patch_size": 8},
-        "tokenizer": {"max_len": 10, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
-        "train": {
-            "max_steps": 3,
-            "batch_size": 4,
-            "lr": 2e-3,
-            "warmup_steps": 1,
-            "log_every": 1,
-            "ckpt_every": 1,
-            "threads": 1,
-            **train,
-        },
     }
 
 

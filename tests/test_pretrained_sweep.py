@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_dual_pretrain import TINY_DUAL  # the same tiny Swin + BERT
 
 from risbench.cli.main import main
 from risbench.runner.experiment import load_experiment
@@ -123,23 +124,7 @@ def test_pretraining_on_the_fine_tuning_scenes_is_refused(tmp_path, capsys):
 
 
 # a run with its own `pretrain:`: another encoder (Swin + BERT) and its own pretraining beside base.pretrain
-TINY_DUAL = {
-    "name": "swin_bert",
-    "size": "tiny-test",
-    "image_size": 32,
-    "patch_size": 2,
-    "window_size": 4,
-    "swin_embed_dim": 16,
-    "swin_depths": [1, 1, 1, 1],
-    "swin_heads": [1, 1, 2, 2],
-    "bert_hidden": 32,
-    "bert_layers": 1,
-    "bert_heads": 2,
-    "bert_ffn": 64,
-    "vocab_size": 200,
-    "out_indices": [2, 3, 4],
-    "drop_path": 0.0,
-}
+
 DUAL_MODEL = {
     "preset": "dual-ris-tiny",
     "encoder": TINY_DUAL,

@@ -67,7 +67,8 @@ def render_table(result: dict, console: Console) -> None:
     inp = result["input"]
     uncounted = ", ".join(f"{op} x{n}" for op, n in result["uncounted_ops"].items()) or "none"
     lines = [
-        f"params: total {millions(total['params']):.2f}M, trainable {millions(total['trainable_params']):.2f}M, "
+        f"params: total {millions(total['params']):.2f}M, trainable {millions(total['trainable_params']):.2f}M "
+        f"({100 * total['trainable_params'] / max(1, total['params']):.2f}%), "
         f"frozen {millions(total['frozen_params']):.2f}M",
         *(
             [

@@ -10,10 +10,14 @@ aspect ratio and the image is centred on an S x S canvas filled with the mean co
 mask padded with 0. CRIS's affine warp keeps the fractional scale and offset; here the content is resized to
 whole pixels, round(H0 * s) x round(W0 * s), at the integer offset floor((S - h) / 2) (at most half a pixel off).
 
+`resize="pad"` (SAM's preprocessing, which RISAM uses): the long side is resized to S keeping the aspect ratio
+(new side = int(side * S / long + 0.5), SAM's ResizeLongestSide rounding) and the normalised image is padded
+with zeros at the bottom and right (the mask with 0): a letterbox whose box sits at the top-left corner.
+
 `unmap_prediction` undoes the resize for a prediction at any resolution (e.g. 1/4 of the input), so that
-metrics are computed at the original image size (letterbox: up to S x S, crop the content, resize to
-H0 x W0, all bilinear); `input_resolution_mask` gives the ground truth at the input resolution for the
-LAVT-style metric switch.
+metrics are computed at the original image size (letterbox and pad: up to S x S, crop the content, resize
+to H0 x W0, all bilinear: SAM's postprocessing for pad); `input_resolution_mask` gives the ground truth at
+the input resolution for the LAVT-style metric switch.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESIZE_MODES = ("stretch", "letterbox")
+RESIZE_MODES = ("stretch", "letterbox", "pad")
+BOXED_MODES = ("letterbox", "pad")  # the content sits in a box of the S x S input
 
 
 def _resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -46,9 +51,21 @@ def letterbox_box(orig_size: tuple[int, int], size: int) -> tuple[int, int, int,
     return (size - h) // 2, (size - w) // 2, h, w
 
 
-def letterbox_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A (H0, W0) mask letterboxed into (size, size): nearest resize of the content, zero padding."""
-    top, left, h, w = letterbox_box(mask.shape, size)
+def pad_box(orig_size: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """(0, 0, h, w) of an (H0, W0) image resized long side = size and padded bottom/right (SAM)."""
+    h0, w0 = orig_size
+    scale = size / max(h0, w0)
+    return 0, 0, max(1, min(size, int(h0 * scale + 0.5))), max(1, min(size, int(w0 * scale + 0.5)))
+
+
+def content_box(mode: str, orig_size: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the image content inside the size x size input, for a boxed mode."""
+    return pad_box(orig_size, size) if mode == "pad" else letterbox_box(orig_size, size)
+
+
+def letterbox_mask(mask: np.ndarray, size: int, mode: str = "letterbox") -> np.ndarray:
+    """A (H0, W0) mask boxed into (size, size) as `mode` places it: nearest resize of the content, zero padding."""
+    top, left, h, w = content_box(mode, mask.shape, size)
     out = np.zeros((size, size), dtype=mask.dtype)
     out[top : top + h, left : left + w] = resize_mask(mask, (h, w))
     return out
@@ -85,15 +102,15 @@ class ResizeNormalize:
         if image.shape[:2] != (h0, w0):
             raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
         s = self.size
-        if self.resize == "letterbox":
-            top, left, h, w = letterbox_box((h0, w0), s)
+        if self.resize in BOXED_MODES:
+            top, left, h, w = content_box(self.resize, (h0, w0), s)
             img = np.zeros((3, s, s), dtype=np.float32)  # the mean colour, normalised
             content = _resize_image(image, (h, w))
             for c in range(3):
                 np.multiply(content[:, :, c], self._scale[c], out=img[c, top : top + h, left : left + w])
                 img[c, top : top + h, left : left + w] += self._shift[c]
-            target = letterbox_mask(mask, s)
-            resize = {"mode": "letterbox", "orig_size": (h0, w0), "input_size": (s, s), "box": (top, left, h, w)}
+            target = letterbox_mask(mask, s, self.resize)
+            resize = {"mode": self.resize, "orig_size": (h0, w0), "input_size": (s, s), "box": (top, left, h, w)}
         else:
             resized = _resize_image(image, s)
             img = np.empty((3, s, s), dtype=np.float32)
@@ -108,8 +125,8 @@ class ResizeNormalize:
 def unmap_prediction(prob: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """A (h, w) float prediction at any resolution -> (H0, W0) at the original image size (bilinear).
 
-    Stretch: a stretch back to the original size. Letterbox: the prediction is brought to the input size,
-    the content box cropped and stretched to the original size (the inverse of the letterbox).
+    Stretch: a stretch back to the original size. Letterbox and pad: the prediction is brought to the input
+    size, the content box cropped and stretched to the original size (the inverse of the box).
     """
     if prob.dim() != 2:
         raise ValueError(f"unmap_prediction expects a (h, w) tensor, got shape {tuple(prob.shape)}")
@@ -118,7 +135,7 @@ def unmap_prediction(prob: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     mode = resize.get("mode", "stretch")
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode '{mode}'")
-    if mode == "letterbox":
+    if mode in BOXED_MODES:
         size = tuple(resize["input_size"])
         top, left, h, w = resize["box"]
         if tuple(prob.shape) != size:
@@ -135,9 +152,9 @@ def _bilinear(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def input_resolution_mask(meta: dict[str, Any], size: int | tuple[int, int]) -> np.ndarray:
     """The ground truth at the input resolution (nearest), for the LAVT-style `input` metric resolution
-    (letterbox: letterboxed into the input square)."""
+    (letterbox / pad: boxed into the input square as the image was)."""
     resize = meta.get("resize", {})
-    if resize.get("mode") == "letterbox":
+    if resize.get("mode") in BOXED_MODES:
         side = size if isinstance(size, int) else size[0]
-        return letterbox_mask(np.asarray(meta["orig_mask"]), side)
+        return letterbox_mask(np.asarray(meta["orig_mask"]), side, resize["mode"])
     return resize_mask(meta["orig_mask"], size)

@@ -56,7 +56,9 @@ class TableSpec:
     """The `table:` block: how `risbench table` lays the runs out."""
 
     mirrors: str | None = None  # paper table id in paper_tables.csv (e.g. "IV", "VII(a)")
-    rows: dict[str, str] | None = None  # run name -> paper `variant` (also fixes the row order)
+    # run name -> paper `variant`, or "<table>: <variant>" for a row of another paper table (also fixes the row
+    # order)
+    rows: dict[str, str] | None = None
     columns: list[str] = field(default_factory=lambda: list(COLUMNS))
     split: str = "val"
     cost: str = "total"  # which part Params/GFLOPs count: total, encoder, fpn, decoder

@@ -181,7 +181,7 @@ def caption_for(
         if cfg_path.is_file():
             cfg = yaml.safe_load(cfg_path.read_text()) or {}
             enc = (cfg.get("model") or {}).get("encoder") or {}
-            if enc.get("image_size"):
+            if enc.get("image_size") and not (d / "flops.json").is_file():
                 sizes.add(int(enc["image_size"]))
             weights.add(str(enc.get("weights") or "random"))
             data = cfg.get("data") or {}
@@ -203,6 +203,8 @@ def caption_for(
         text_len = (flops.get("input") or {}).get("text_len", flops.get("text_len"))
         if text_len:
             text_lens.add(int(text_len))
+        if (flops.get("input") or {}).get("image_size"):  # the built model's input (a dual encoder's is its tower's)
+            sizes.add(int(flops["input"]["image_size"]))
 
     def one(values: set, default: str) -> str:
         return ", ".join(str(v) for v in sorted(values, key=str)) if values else default

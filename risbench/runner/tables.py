@@ -245,11 +245,20 @@ def build_table(
     paper = pd.DataFrame(index=variants)
     paper_variant: dict[str, str] = {}
     if spec.get("mirrors"):
-        ptable = load_paper_table(spec["mirrors"], split)
+        tables = {str(spec["mirrors"]): load_paper_table(spec["mirrors"], split)}
         for v in variants:
             pv = rows_map.get(v, v)
+            ptable = tables[str(spec["mirrors"])]
+            # "<table>: <variant>" takes the row from another paper table (RISAM's ablations span Tables 2-6)
+            other, sep, rest = pv.partition(": ")
+            if sep and other != str(spec["mirrors"]):
+                if other not in tables:
+                    tables[other] = load_paper_table(other, split)
+                ptable, pv = tables[other], rest
+            elif sep:
+                pv = rest
             if pv in ptable.index:
-                paper_variant[v] = pv
+                paper_variant[v] = rows_map.get(v, v)
                 for col in columns:
                     src = PAPER_CSV_COLUMNS.get(col, col)
                     paper.loc[v, col] = ptable.loc[pv, src] if src in ptable.columns else math.nan

@@ -1,8 +1,9 @@
 """Segmentation losses (the LOSSES registry). A loss maps (logits, target, batch) to named, already
 weighted terms; the trainer sums them with the decoder's `extra_losses` terms.
 
-`bce_dice` is the Shared-RIS loss L = 2.0 BCE + 0.5 Dice (seed000 §III-D). Decisions for what the
-paper leaves open (docs/decisions.md §5 FLAG):
+`bce_dice` is the Shared-RIS loss L = 2.0 BCE + 0.5 Dice (seed000 §III-D); `focal_dice` RISAM's,
+L = 0.5 focal (gamma 2) + 0.5 Dice (seed003 Eq. 12), with the same resolution and Dice conventions.
+Decisions for what the papers leave open (docs/decisions.md §5 FLAG and "RISAM"):
   - resolution: the loss is taken at the logits' resolution (S/4), with the ground truth resized to it
     by nearest-neighbour interpolation (CRIS-style; `resize_target`). Cheaper than upsampling logits.
   - BCE: mean over all pixels of the batch, computed from logits (`binary_cross_entropy_with_logits`,
@@ -83,6 +84,44 @@ class BceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, batch: dict | None = None) -> dict[str, Tensor]:
         return {"bce": self.cfg.weight * F.binary_cross_entropy_with_logits(logits.float(), target)}
+
+
+@dataclass
+class FocalDiceConfig:
+    """Options of the focal_dice loss (RISAM, seed003 Eq. 12: 0.5 focal + 0.5 Dice, gamma 2)."""
+
+    focal_weight: float = 0.5
+    dice_weight: float = 0.5
+    gamma: float = 2.0
+    alpha: float | None = None  # class balance of the focal loss; None = none (the paper gives none)
+    dice_eps: float = 1.0
+
+
+def sigmoid_focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    """Binary focal loss, mean over pixels: -(1 - p_t)^gamma log p_t, p_t = p on the target, 1 - p off it
+    (Eq. 10 is the positive-class half); `alpha` weights positives by alpha and negatives by 1 - alpha."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha is not None:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    return loss.mean()
+
+
+@LOSSES.register("focal_dice", config=FocalDiceConfig)
+class FocalDiceLoss(nn.Module):
+    """RISAM loss: focal_weight * focal (gamma 2, no alpha) + dice_weight * Dice at the logits' resolution."""
+
+    def __init__(self, cfg: FocalDiceConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or FocalDiceConfig()
+
+    def forward(self, logits: Tensor, target: Tensor, batch: dict | None = None) -> dict[str, Tensor]:
+        logits = logits.float()
+        focal = sigmoid_focal_loss(logits, target, self.cfg.gamma, self.cfg.alpha)
+        dice = dice_loss(torch.sigmoid(logits), target, self.cfg.dice_eps)
+        return {"focal": self.cfg.focal_weight * focal, "dice": self.cfg.dice_weight * dice}
 
 
 def build_loss(name: str, options: dict | None = None) -> nn.Module:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from risbench.data.transforms import RESIZE_MODES
 from risbench.errors import RisbenchError
 from risbench.models.interfaces import Encoder, EncoderFeatures, FeatureSpec
 from risbench.registry import ENCODERS, TEXT_TOWERS, VISION_TOWERS
@@ -35,11 +36,13 @@ class DualConfig:
     train: tuple[str, ...] = ()
     pixel_mean: tuple[float, float, float] = CLIP_MEAN  # DETRIS normalises with CLIP's mean/std
     pixel_std: tuple[float, float, float] = CLIP_STD
-    resize: str = "stretch"  # stretch | letterbox (DETRIS: letterbox, the long side to the input, centred)
+    # stretch | letterbox (DETRIS: the long side to the input, centred) | pad (SAM, RISAM: the long side to the
+    # input, zero padding bottom/right); risbench.data.transforms
+    resize: str = "stretch"
 
     def __post_init__(self) -> None:
-        if self.resize not in ("stretch", "letterbox"):
-            raise ValueError(f"resize must be stretch or letterbox, got '{self.resize}'")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got '{self.resize}'")
 
 
 def _tower(registry, section: dict[str, Any], where: str, **kwargs: Any):
@@ -116,11 +119,18 @@ class DualEncoder(Encoder):
 
     def flop_parts(self) -> dict[str, str]:
         """Sub-modules reported on their own by `risbench flops` (a nested one is left out of its parent)."""
-        return {
+        parts = {
             "vision tower": "vision",
             "vision adapters": "vision.adapters",
             "text tower": "text",
             "text adapters": "text.adapters",
+        }
+        modules = dict(self.named_modules())
+        # a tower without adapters (SAM's ViT) or with none configured gets no adapters row
+        return {
+            label: path
+            for label, path in parts.items()
+            if path in modules and any(True for _ in modules[path].parameters())
         }
 
     def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:

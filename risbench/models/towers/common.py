@@ -52,7 +52,8 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a TorchScript archive or a pickle with code in it
-        raise RisbenchError(f"{where}: cannot read {path} as a weights-only state dict: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch's messages span many lines
+        raise RisbenchError(f"{where}: cannot read {path} as a weights-only state dict: {first}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

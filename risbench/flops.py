@@ -32,6 +32,13 @@ from risbench.errors import RisbenchError
 
 CONVENTION = "fvcore: one multiply-add = one flop"
 COMPONENTS = ("encoder", "fpn", "decoder")
+OPTIONAL_COMPONENTS = ("existence",)  # counted as a component when the model has one
+
+
+def components_of(model: nn.Module) -> tuple[str, ...]:
+    """The components `model` has: the three, then the optional ones it holds (an existence head)."""
+    return (*COMPONENTS, *(n for n in OPTIONAL_COMPONENTS if getattr(model, n, None) is not None))
+
 
 # fvcore logs "Unsupported operator ..." and "never called" warnings through these loggers; we turn
 # those warnings off on the analysis object and report the ops ourselves (`uncounted_ops`).
@@ -176,7 +183,8 @@ def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Counter,
 
 
 def measure(model: nn.Module, image_size: int, text_len: int, batch_size: int = 1) -> dict[str, Any]:
-    """Params and FLOPs of a Segmenter, per component (encoder / fpn / decoder) and in total.
+    """Params and FLOPs of a Segmenter, per component (encoder / fpn / decoder, and the existence head when
+    there is one) and in total.
 
     `image_size`: the square input side in pixels; `text_len`: the full tokenised length the model
     sees (including <s> and </s>); no padding. Traces the inference output only, in eval mode under
@@ -192,7 +200,7 @@ def measure(model: nn.Module, image_size: int, text_len: int, batch_size: int = 
         model.train(was_training)
 
     components: dict[str, dict[str, int]] = {}
-    for name in COMPONENTS:
+    for name in components_of(model):
         part = getattr(model, name)
         components[name] = {
             "params": sum(p.numel() for p in part.parameters()),
@@ -235,7 +243,7 @@ def part_rows(model: nn.Module, by_module: Counter) -> list[dict[str, Any]]:
     """Params (total / trainable / frozen) and FLOPs per part: a component's `flop_parts()` ({label: sub-module
     path}) or the whole component. A part nested inside another (vision.adapters in vision) is taken out of it."""
     rows = []
-    for name in COMPONENTS:
+    for name in components_of(model):
         comp = getattr(model, name)
         parts = comp.flop_parts() if hasattr(comp, "flop_parts") else {name: ""}
         paths = list(parts.values())

@@ -112,6 +112,7 @@ def check_sizes(config: Any, where: str) -> None:
 ENCODERS = Registry("encoder", "risbench.models.encoders")
 FPNS = Registry("fpn", "risbench.models.fpn")
 DECODERS = Registry("decoder", "risbench.models.decoders")
+EXISTENCE_HEADS = Registry("existence head", "risbench.models.existence")
 DATASETS = Registry("dataset", "risbench.data")
 LOSSES = Registry("loss", "risbench.train.losses")
 METRICS = Registry("metric", "risbench.train.metrics")
@@ -124,6 +125,7 @@ REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
     "fpns": FPNS,
     "decoders": DECODERS,
+    "existence_heads": EXISTENCE_HEADS,
     "datasets": DATASETS,
     "losses": LOSSES,
     "metrics": METRICS,

@@ -13,12 +13,20 @@ from typing import Any
 
 from risbench.config import find_preset, parse_override, read_yaml
 from risbench.errors import IncompatibleError, RisbenchError, UnknownNameError, unknown_name_message
-from risbench.registry import DECODERS, ENCODERS, FPNS, Registry
+from risbench.registry import DECODERS, ENCODERS, EXISTENCE_HEADS, FPNS, Registry
 
 MODEL_KEYS = ("encoder", "fpn", "decoder")
+# Components a model spec may add (absent or null: the model has none and behaves as without the key).
+OPTIONAL_KEYS = ("existence",)
+SECTION_KEYS = (*MODEL_KEYS, *OPTIONAL_KEYS)
 # Keys a model preset may carry besides the three components (documentation only).
 MODEL_INFO_KEYS = ("description", "paper")
-COMPONENT_REGISTRIES: dict[str, Registry] = {"encoder": ENCODERS, "fpn": FPNS, "decoder": DECODERS}
+COMPONENT_REGISTRIES: dict[str, Registry] = {
+    "encoder": ENCODERS,
+    "fpn": FPNS,
+    "decoder": DECODERS,
+    "existence": EXISTENCE_HEADS,
+}
 
 
 def replaces(old: Any, new: Any) -> bool:
@@ -58,7 +66,7 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
 
 def full_key(key: str) -> str:
     """'fpn.name' -> 'model.fpn.name' (in a run config, component shorthands live under `model`)."""
-    return f"model.{key}" if key.split(".", 1)[0] in MODEL_KEYS else key
+    return f"model.{key}" if key.split(".", 1)[0] in SECTION_KEYS else key
 
 
 def set_key(cfg: dict[str, Any], key: str, value: Any, where: str) -> dict[str, Any]:
@@ -102,9 +110,12 @@ def resolve_model_spec(
     else:
         spec = load_config(find_preset("models", preset_or_spec))
     for key, value in sections.items():
-        if key not in MODEL_KEYS:
-            raise RisbenchError(f"build_model: unknown section '{key}'; expected one of {', '.join(MODEL_KEYS)}")
+        if key not in SECTION_KEYS:
+            raise RisbenchError(f"build_model: unknown section '{key}'; expected one of {', '.join(SECTION_KEYS)}")
         spec = merge(spec, {key: value})
+    for key in OPTIONAL_KEYS:  # `existence.name=pooled` on a spec without one adds the section
+        if spec.get(key) is None and any(item.split(".", 1)[0] == key for item in overrides or []):
+            spec[key] = {}
     return apply_overrides(spec, _renames_first(overrides or []))
 
 
@@ -124,7 +135,7 @@ def resolve_model(model: Any) -> dict[str, Any]:
     preset = model.pop("preset", None)
     if preset is None:
         return resolve_model_spec(model)
-    other = set(model) - set(MODEL_KEYS)
+    other = set(model) - set(SECTION_KEYS)
     if other:
         raise RisbenchError(f"model: unknown key(s) {sorted(other)} next to 'preset'")
     return resolve_model_spec(preset, **model)
@@ -132,16 +143,19 @@ def resolve_model(model: Any) -> dict[str, Any]:
 
 def validate_spec(spec: Any, where: str = "model") -> dict[str, tuple[str, Any]]:
     """Check a model spec without building it: its keys, each component's name against the registries and
-    its options against the component's config dataclass. Returns {part: (name, config dataclass)}."""
+    its options against the component's config dataclass. Returns {part: (name, config dataclass)}; an
+    optional part (`existence`) that is absent or null is left out."""
     if not isinstance(spec, dict):
         raise RisbenchError(f"{where}: expected a mapping")
-    allowed = (*MODEL_KEYS, *MODEL_INFO_KEYS)
+    allowed = (*SECTION_KEYS, *MODEL_INFO_KEYS)
     for key in spec:
         if key not in allowed:
             raise UnknownNameError(f"{where}: " + unknown_name_message("key", key, allowed))
     parts = {}
     for part, reg in COMPONENT_REGISTRIES.items():
         section = spec.get(part)
+        if part in OPTIONAL_KEYS and section is None:
+            continue
         if not isinstance(section, dict) or "name" not in section:
             raise RisbenchError(f"{where}.{part}: expected a mapping with a 'name'")
         name = section["name"]

@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
             False, "--deep", help="also decode every image and mask and check each annotation is inside its image"
         ),
     ) -> None:
-        """Verify a dataset's layout; print refs, sentences and images per split and list what is missing
-        (--deep: decode everything)."""
+        """Verify a dataset's layout; print refs, sentences (with `robust`: positive and negative ones) and
+        images per split and list what is missing (--deep: decode everything)."""
         from risbench.data import refer, synthref
         from risbench.data.build import dataset_class_and_config
 
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         p = report["paths"]
         typer.echo(f"{dataset}: refs {p.refs}\n  instances {p.instances}\n  images {p.images}/")
         for name, c in report["splits"].items():
-            neg = f"  negatives {c['negatives']:7d}" if cfg.robust else ""
+            neg = f"  positives {c['positives']:7d}  negatives {c['negatives']:7d}" if cfg.robust else ""
             typer.echo(f"  {name:6s} refs {c['refs']:7d}  sentences {c['sentences']:7d}{neg}  images {c['images']:6d}")
         missing = report["missing"]
         if missing:

@@ -282,7 +282,8 @@ class ReferDataset(RefDataset):
 
 
 def check(cfg: ReferConfig, only_split: str | None = None) -> dict[str, Any]:
-    """Verify the layout: per split the counts of refs, sentences (negatives) and images, and what is missing.
+    """Verify the layout: per split the counts of refs, sentences (positives, negatives) and images, and what is
+    missing.
     With `only_split`, just that split, and an unknown or empty split is an error."""
     data = load_refer(cfg)
     splits: dict[str, dict[str, int]] = {}
@@ -295,13 +296,14 @@ def check(cfg: ReferConfig, only_split: str | None = None) -> dict[str, Any]:
             if only_split:
                 raise
             missing.append(f"split '{split}' (no refs in {data.paths.refs})")
-            splits[split] = {"refs": 0, "sentences": 0, "negatives": 0, "images": 0}
+            splits[split] = {"refs": 0, "sentences": 0, "positives": 0, "negatives": 0, "images": 0}
             continue
         sents = [s for r in refs for s in data.sentences(r)]
         images = {r["image_id"] for r in refs}
         splits[split] = {
             "refs": len(refs),
             "sentences": len(sents),
+            "positives": sum(s.exists for s in sents),
             "negatives": sum(not s.exists for s in sents),
             "images": len(images),
         }

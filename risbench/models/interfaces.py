@@ -84,8 +84,8 @@ class DecoderOutput:
 
     logits: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)
-    # (B,) logit that the expression refers to something, from decoders with an existence head (none of
-    # the built-in ones has one); `risbench predict` prints its sigmoid when it is set
+    # (B,) logit that the expression refers to something, set by the model's existence head (`existence:` in
+    # the model spec; risbench.models.existence); `risbench predict` prints its sigmoid when it is set
     exist_logits: Tensor | None = None
 
 
@@ -160,6 +160,26 @@ class Decoder(AttentionMaps, nn.Module):
 
         target: (B, 1, H, W) float mask at the logits' resolution."""
         return {}
+
+
+class ExistenceHead(nn.Module):
+    """Base class of existence heads (the EXISTENCE_HEADS registry, risbench.models.existence): whether the
+    referred object is in the image, one logit per sample.
+
+    Built as `cls(cfg, fused_spec, encoder_spec)` next to the decoder when the model spec has an `existence:`
+    section; `requires` are FPN-output traits it needs (checked like a decoder's). forward(fused, feats, out)
+    reads what the FPN handed the decoder (`fused`: visual map, words + pad mask, sentence when the trait
+    "sentence" is there), the encoder's features (`feats`) and the decoder's output (`out`: the mask logits,
+    and in `out.aux` any inner feature a decoder exposes for a head that documents the key it reads)
+    -> (B,) logits. The trainer adds the existence BCE (train.loss.existence_weight) against the batch's
+    `exists`; a decoder must not add it again. At evaluation the Segmenter forces an empty mask where
+    sigmoid(logit) < `cfg.threshold` (0.5, as the R-RIS code), so every config has a `threshold` field."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    tiny_options: ClassVar[dict[str, Any]] = {}
+
+    def forward(self, fused: FusedFeatures, feats: EncoderFeatures, out: DecoderOutput) -> Tensor:
+        raise NotImplementedError
 
 
 class PretrainObjective(nn.Module):

@@ -45,7 +45,7 @@ from risbench.errors import RisbenchError, UnknownNameError, unknown_name_messag
 from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
 from risbench.runner.resolve import RUN_SECTIONS, key_exists, resolve_base, validate_run_config
-from risbench.spec import MODEL_KEYS, full_key, load_config, merge, resolve_model, set_key
+from risbench.spec import SECTION_KEYS, full_key, load_config, merge, resolve_model, set_key
 from risbench.train.config import comparable
 
 COST_PARTS = ("total", "encoder", "fpn", "decoder")
@@ -203,9 +203,9 @@ def _apply_variant(
         if not isinstance(value, dict):
             raise RisbenchError(f"{where}.{section}: expected a mapping, got {value!r}")
         if section == "model":
-            bad = [k for k in value if k not in MODEL_KEYS]
+            bad = [k for k in value if k not in SECTION_KEYS]
             if bad:
-                raise UnknownNameError(f"{where}.model: " + unknown_name_message("key", bad[0], MODEL_KEYS))
+                raise UnknownNameError(f"{where}.model: " + unknown_name_message("key", bad[0], SECTION_KEYS))
         cfg[section] = merge(cfg.get(section) or {}, value)  # a renamed component replaces the old one
     if pretrain is not None:
         cfg = apply_pretrain(cfg, pretrain, f"{where}.pretrain")

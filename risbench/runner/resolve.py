@@ -9,7 +9,7 @@ from risbench.config import find_preset
 from risbench.data.build import dataset_class_and_config, resolve_data_config
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.registry import DATASETS, config_fields
-from risbench.spec import COMPONENT_REGISTRIES, MODEL_KEYS, full_key, load_config, merge, resolve_model, validate_spec
+from risbench.spec import COMPONENT_REGISTRIES, SECTION_KEYS, full_key, load_config, merge, resolve_model, validate_spec
 from risbench.train.config import resolve_run_config
 
 RUN_SECTIONS = ("model", "data", "tokenizer", "train", "eval")
@@ -72,7 +72,7 @@ def resolve_base(base: dict[str, Any], where: str, root: Path | None = None) -> 
 
 def _option_fields(cfg: dict[str, Any], parts: list[str]) -> list[str]:
     """Options a component or dataset accepts (its config dataclass fields), for keys not written out."""
-    if len(parts) == 3 and parts[0] == "model" and parts[1] in MODEL_KEYS:
+    if len(parts) == 3 and parts[0] == "model" and parts[1] in SECTION_KEYS:
         reg = COMPONENT_REGISTRIES[parts[1]]
         name = (cfg.get("model", {}).get(parts[1]) or {}).get("name")
     elif len(parts) == 2 and parts[0] == "data":

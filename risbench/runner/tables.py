@@ -34,8 +34,11 @@ PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_table
 
 
 def metric_key(name: str) -> str | None:
-    """Normalise a metric name: 'oIoU' -> 'oiou', 'P@0.5' / 'p50' / 'prec@0.5' -> 'p50'; None if unknown."""
+    """Normalise a metric name: 'oIoU' -> 'oiou', 'P@0.5' / 'p50' / 'prec@0.5' -> 'p50', the R-RIS code's
+    'rris_r' / 'rris_rIoU' -> 'rris_r' / 'rris_riou'; None if unknown."""
     k = name.strip().lower()
+    if k in ("rris_r", "rris_riou"):
+        return k
     if k in ("oiou", "overall_iou", "ciou"):
         return "oiou"
     if k in ("miou", "mean_iou"):

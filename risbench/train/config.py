@@ -40,15 +40,34 @@ VOLATILE_KEYS = (
 )
 # Recipe keys added after runs were made: left out of the comparison (and so of run hashes) while they hold
 # these values, so that a config written before them still names the same run.
-LATER_DEFAULTS = {("train", "optimizer"): "adamw", ("train", "milestones"): [], ("train", "gamma"): 0.1}
+LATER_DEFAULTS = {
+    ("train", "optimizer"): "adamw",
+    ("train", "milestones"): [],
+    ("train", "gamma"): 0.1,
+    ("train", "loss", "existence_weight"): 1.0,
+    ("train", "loss", "negative_weight"): 1.0,
+}
+# `train.loss` keys that belong to the trainer, not to the LOSSES entry (they sit beside its options)
+LOSS_TRAINER_KEYS = ("existence_weight", "negative_weight")
 
 
 @dataclass
 class LossConfig:
-    """`train.loss`: a LOSSES registry name plus that loss's own options (e.g. bce_weight)."""
+    """`train.loss`: a LOSSES registry name plus that loss's own options (e.g. bce_weight), and two weights the
+    trainer applies around it: `existence_weight` on the existence head's BCE (models with a head only) and
+    `negative_weight` on the loss of negative sentences (empty targets) relative to positives'."""
 
     name: str = "bce_dice"
     options: dict = field(default_factory=dict)
+    existence_weight: float = 1.0
+    negative_weight: float = 1.0  # 1.0: every sample counts alike (the loss is unchanged)
+
+    def __post_init__(self) -> None:
+        for key in LOSS_TRAINER_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+            setattr(self, key, float(value))
 
 
 @dataclass
@@ -194,9 +213,10 @@ def _split_loss(train: dict[str, Any]) -> dict[str, Any]:
     if isinstance(loss, dict):
         loss = dict(loss)
         name = loss.pop("name", "bce_dice")
+        trainer_keys = {k: loss.pop(k) for k in LOSS_TRAINER_KEYS if k in loss}
         options = dict(loss.pop("options", {}) or {})
         options.update(loss)
-        train["loss"] = {"name": name, "options": options}
+        train["loss"] = {"name": name, "options": options, **trainer_keys}
     return train
 
 
@@ -224,7 +244,8 @@ def resolve_run_config(raw: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     cfg.train.loss.options = to_dict(loss_cfg) if loss_cfg is not None else {}
     resolved = to_dict(cfg)
     resolved["train"]["betas"] = list(cfg.train.betas)
-    resolved["train"]["loss"] = {"name": cfg.train.loss.name, **cfg.train.loss.options}
+    loss = cfg.train.loss
+    resolved["train"]["loss"] = {"name": loss.name, **loss.options, **{k: getattr(loss, k) for k in LOSS_TRAINER_KEYS}}
     return cfg, resolved
 
 
@@ -232,9 +253,11 @@ def comparable(resolved: dict[str, Any], volatile: tuple[tuple[str, ...], ...] =
     """The resolved config without the keys that do not change results (`volatile`, default VOLATILE_KEYS)."""
     out = copy.deepcopy(resolved)
     for path, default in LATER_DEFAULTS.items():
-        node = out.get(path[0])
-        if isinstance(node, dict) and path[1] in node and node[path[1]] == default:
-            del node[path[1]]
+        node = out
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
+            del node[path[-1]]
     for path in volatile:
         node = out
         for part in path[:-1]:

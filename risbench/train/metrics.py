@@ -179,7 +179,7 @@ def iou_by_size(results: list[SentenceResult]) -> dict[str, Any]:
     return {"iou_by_size": out}
 
 
-@METRICS.register("rris")
+@METRICS.register("rris", columns={"rris_r": Column("r", True, 15), "rris_riou": Column("rIoU", True, 16)})
 def robust_metrics(results: list[SentenceResult]) -> dict[str, Any]:
     """R-RIS robust metrics (their code's definitions): rris_r, rris_rIoU, rris_mIoU; only with negatives."""
     if all(r.exists for r in results):

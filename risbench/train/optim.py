@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from risbench.train.config import TrainConfig
 from risbench.train.evaluate import autocast_context
 from risbench.train.losses import resize_target
+from risbench.train.robust_loss import existence_term, mask_loss_terms
 
 
 def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = None) -> list[dict[str, Any]]:
@@ -109,10 +110,14 @@ def optimization_step(
     *,
     amp: str,
     clip_grad: float | None,
+    negative_weight: float = 1.0,
+    existence_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One step of the recipe on `batch` (image, text_ids, text_pad_mask, mask): forward under the run's
-    autocast, the loss plus the decoder's auxiliary terms at the logits' resolution, backward, gradient
-    clipping, optimizer step. Returns the loss and its terms; a non-finite loss raises before the update."""
+    """One step of the recipe on `batch` (image, text_ids, text_pad_mask, mask, exists): forward under the
+    run's autocast, the loss (negatives weighted by `negative_weight`) plus the decoder's auxiliary terms at
+    the logits' resolution, plus `existence_weight` x the existence BCE ("exist") when the model has an
+    existence head, backward, gradient clipping, optimizer step. Returns the loss and its terms; a
+    non-finite loss raises before the update."""
     image = batch["image"].to(device, non_blocking=True)
     ids = batch["text_ids"].to(device, non_blocking=True)
     pad = batch["text_pad_mask"].to(device, non_blocking=True)
@@ -120,8 +125,10 @@ def optimization_step(
         out = model(image, ids, pad)
     logits = out.logits.float()
     target = resize_target(batch["mask"].to(device), tuple(logits.shape[-2:]))
-    terms = dict(loss_fn(logits, target, batch))
+    terms = mask_loss_terms(loss_fn, logits, target, batch, negative_weight)
     terms.update(decoder.extra_losses(out, target, batch))
+    if out.exist_logits is not None:
+        terms["exist"] = existence_term(out.exist_logits, batch["exists"], existence_weight)
     loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise NonFiniteLoss(float(loss.item()))

@@ -271,6 +271,8 @@ class TrainLoop:
                 self.info.device,
                 amp=tcfg.amp,
                 clip_grad=tcfg.clip_grad,
+                negative_weight=tcfg.loss.negative_weight,
+                existence_weight=tcfg.loss.existence_weight,
             )
         except NonFiniteLoss as exc:
             raise RisbenchError(f"loss is {exc.value} at step {state.step + 1}; lower train.lr?") from None

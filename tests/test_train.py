@@ -69,7 +69,8 @@ def test_run_writes_its_files(finished_run):
         assert (run_dir / name).is_file(), name
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["encoder"]["name"] == "beit3" and saved["model"]["encoder"]["image_size"] == 32
-    assert saved["train"]["loss"] == {"name": "bce_dice", "bce_weight": 2.0, "dice_weight": 0.5, "dice_eps": 1.0}
+    loss = {"name": "bce_dice", "bce_weight": 2.0, "dice_weight": 0.5, "dice_eps": 1.0}
+    assert saved["train"]["loss"] == {**loss, "existence_weight": 1.0, "negative_weight": 1.0}  # the trainer's weights
     log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
     steps = [x["step"] for x in log if "loss" in x]
     assert steps == [1, 2, 3, 4, 5]

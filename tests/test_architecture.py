@@ -1,5 +1,5 @@
 """The import graph of risbench: no cycles among module-level imports, and imports go one way down the
-layers cli -> runner -> train -> models/data -> spec -> registry -> config/io/flops -> errors."""
+layers cli -> runner -> train -> models/data -> spec -> registry -> config/io/results/flops -> errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models/data", ("risbench.models", "risbench.data")),
     ("spec", ("risbench.spec",)),
     ("registry", ("risbench.registry",)),
-    ("config", ("risbench.config", "risbench.io", "risbench.torchscript", "risbench.flops")),
+    ("config", ("risbench.config", "risbench.io", "risbench.results", "risbench.torchscript", "risbench.flops")),
     ("errors", ("risbench.errors",)),
 ]
 # The old launch module name, kept for torchrun lines printed before it moved to cli/.

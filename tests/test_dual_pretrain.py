@@ -202,9 +202,9 @@ def test_pretrain_artifact_and_fine_tuning_from_it(tmp_path):
 
     art = pretrain(tiny_pretrain(tmp_path), quiet=True)
     prov = art.provenance
-    assert prov["objective"] == "dual_unimodal" and prov["steps"] == 3
-    assert set(prov["final"]) == {"loss", "loss_mim", "loss_mlm", "acc_mlm"}
-    assert set(prov["files"]) == {
+    assert prov.objective == "dual_unimodal" and prov.steps == 3
+    assert set(prov.final) == {"loss", "loss_mim", "loss_mlm", "acc_mlm"}
+    assert set(prov.files) == {
         "swin.pth",
         "bert/config.json",
         "bert/model.safetensors",
@@ -218,7 +218,7 @@ def test_pretrain_artifact_and_fine_tuning_from_it(tmp_path):
     }
     assert art.tokenizer_path == str(art.directory / "tokenizer.json")
     # the text tower never sees the image: its held-out terms are the same with swapped images
-    held = prov["held_out"]
+    held = prov.held_out
     assert held["image"]["loss_mlm"] == held["swapped_image"]["loss_mlm"]
     model = build_model("dual-ris-tiny", encoder={**TINY_DUAL, **art.encoder_options})
     enc = model.encoder

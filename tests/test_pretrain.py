@@ -70,9 +70,9 @@ def test_pretrain_artifact_loads_strictly_and_is_cached(tmp_path):
 
     art = pretrain(tiny_pretrain(tmp_path), quiet=True)
     prov = art.provenance
-    assert prov["steps"] == 4 and len(prov["loss_curve"]) == 4
-    assert prov["config"]["objective"]["options"]["image_mask_ratio"] == 0.25
-    held = prov["held_out"]  # the val split (2 scenes x 2 refs x 3 sentences), own and swapped images
+    assert prov.steps == 4 and len(prov.loss_curve) == 4
+    assert prov.config["objective"]["options"]["image_mask_ratio"] == 0.25
+    held = prov.held_out  # the val split (2 scenes x 2 refs x 3 sentences), own and swapped images
     assert held["samples"] == 12 and set(held["image"]) == set(held["swapped_image"]) >= {"loss_mlm", "acc_mlm"}
     assert art.directory.parent == tmp_path / "cache" / "pretrain"
     assert not (art.directory / "checkpoints").exists()
@@ -105,7 +105,7 @@ def test_pretrain_resume_is_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def losses(art):
-        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in art.provenance["loss_curve"]]
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in art.provenance.loss_curve]
 
     assert losses(full) == losses(cut)
 
@@ -181,11 +181,11 @@ def test_committed_artifacts_match_their_configs():
         pytest.skip("no committed artifact under pretrained/")
     for directory in dirs:
         art = read_artifact(directory)
-        _, resolved = resolve_pretrain_config(load_pretrain_config(art.provenance["name"]))
+        _, resolved = resolve_pretrain_config(load_pretrain_config(art.provenance.name))
         assert config_hash(resolved) == art.hash, (
-            f"{directory}: registry/pretrain/{art.provenance['name']}.yaml changed"
+            f"{directory}: registry/pretrain/{art.provenance.name}.yaml changed"
         )
-        assert directory.name == f"{art.provenance['name']}-{art.hash}"
+        assert directory.name == f"{art.provenance.name}-{art.hash}"
         for option in art.encoder_options.values():  # BEiT-3: weights; Swin + BERT: swin_weights and bert_path
             assert Path(option).exists(), option
             if option.endswith((".pth", ".pt")):

@@ -29,11 +29,11 @@ def register(app: typer.Typer) -> None:
         command = " ".join(["risbench pretrain", config, *(f"--set {item}" for item in set_)])
         art = pretrain(raw, out, quiet=quiet, resume=resume, command=command)
         prov = art.provenance
-        final = ", ".join(f"{k} {v:.4g}" for k, v in prov["final"].items() if isinstance(v, (int, float)))
-        took = f"{prov['objective']}, {prov['steps']} steps, {prov['train_seconds']:.0f} s"
-        print(f"pretrained {prov['name']} ({took}): {final}")
-        if prov.get("held_out"):
-            ev = prov["held_out"]
+        final = ", ".join(f"{k} {v:.4g}" for k, v in prov.final.items() if isinstance(v, (int, float)))
+        took = f"{prov.objective}, {prov.steps} steps, {prov.train_seconds or 0:.0f} s"
+        print(f"pretrained {prov.name} ({took}): {final}")
+        if prov.held_out:
+            ev = prov.held_out
             parts = [f"{k} {ev['image'][k]:.4g} (swapped images {ev['swapped_image'][k]:.4g})" for k in ev["image"]]
             print(f"held out ({ev['samples']} {ev['split']} pairs): " + ", ".join(parts))
         print(f"artifact: {art.directory}")

@@ -22,14 +22,14 @@ import yaml
 
 from risbench.errors import RisbenchError
 from risbench.flops import measure
-from risbench.io import atomic_write_json
 from risbench.models.segmenter import build_segmenter
+from risbench.results import FLOPS_FILE, Flops, Metrics
 from risbench.runner.progress import SweepProgress
 from risbench.spec import resolve_model_spec
 from risbench.train.api import train_run
 from risbench.train.codeversion import FLOPS_ROOTS, code_version
 from risbench.train.lock import RunLocked, held_by_other, run_lock
-from risbench.train.rundir import is_current, is_finished, read_metrics, read_result, settle_code_version
+from risbench.train.rundir import is_current, is_finished, read_metrics, settle_code_version
 from risbench.train.signals import TrainingInterrupted
 
 DEFAULT_TEXT_LEN = 20
@@ -62,24 +62,24 @@ def measure_flops(cfg: dict[str, Any]) -> dict[str, Any]:
     return measure(model, image_size, text_len_of(cfg))
 
 
-def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> dict:
+def ensure_flops(run_dir: Path, cfg: dict[str, Any] | None = None, cache: dict[str, Flops] | None = None) -> Flops:
     """Write run_dir/flops.json unless it exists and was counted by the current code (its `code_version`,
     the files that build and count the model); `cache` (keyed by model spec) avoids measuring twice."""
-    path = Path(run_dir) / "flops.json"
+    path = Path(run_dir) / FLOPS_FILE
     cfg = cfg if cfg is not None else load_run_config(run_dir)
     version = code_version(cfg, FLOPS_ROOTS)
     if path.is_file():
-        old = read_result(path)
-        if old.get("code_version") == version:
+        old = Flops.read(path)
+        if old.code_version == version:
             return old
     key = json.dumps({"model": cfg["model"], "text_len": text_len_of(cfg)}, sort_keys=True, default=str)
     if cache is not None and key in cache:
         result = cache[key]
     else:
-        result = {**measure_flops(cfg), "code_version": version}
+        result = Flops(**measure_flops(cfg), code_version=version)
         if cache is not None:
             cache[key] = result
-    atomic_write_json(path, result)
+    result.write(path)
     return result
 
 
@@ -117,24 +117,25 @@ def execute_run(run_dir: str | Path, quiet: bool = True, keep_stale: bool = Fals
     with run_lock(run_dir):  # RunLocked when another process trains it; never move a running run's files
         settled = settle_code_version(run_dir, code_version(cfg), keep_stale=keep_stale)
         if settled in ("current", "kept") and is_finished(run_dir):
-            metrics = read_metrics(run_dir)
+            metrics = read_metrics(run_dir).to_dict()
         else:
             metrics = _train_fn()(cfg, run_dir, quiet=quiet, resume=True)
         ensure_flops(run_dir, cfg)
     return metrics
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
+def _read_metrics(run_dir: Path) -> Metrics | None:
     try:
         return read_metrics(run_dir)
     except RisbenchError:
-        return {}
+        return None
 
 
-def _headline(metrics: dict[str, Any], split: str) -> str:
-    from risbench.runner.tables import split_metrics
+def _headline(metrics: Metrics | None, split: str) -> str:
+    """'oiou 61.20, miou 60.10' of `split` for the progress view."""
+    from risbench.runner.collect import split_metrics
 
-    values = split_metrics(metrics or {}).get(split)
+    values = split_metrics(metrics).get(split) if metrics is not None else None
     if not values:
         return ""
     return ", ".join(f"{k} {values[k]:.2f}" for k in ("oiou", "miou") if k in values)
@@ -200,7 +201,7 @@ def run_local(
         pending.remove(run_dir)
         progress.start_run(run_dir.name, run_dir, "cpu", **expected_length(run_dir))
         try:
-            metrics = execute_run(run_dir, quiet=True, keep_stale=keep_stale)
+            execute_run(run_dir, quiet=True, keep_stale=keep_stale)
         except RunLocked:  # taken between the check and the start
             progress.finish_run(run_dir.name, ok=False, note="taken by another process; waiting for it")
             pending.append(run_dir)
@@ -215,7 +216,7 @@ def run_local(
             progress.finish_run(run_dir.name, ok=False, note=f"{type(exc).__name__}: {exc}")
             failed.append(run_dir.name)
             continue
-        progress.finish_run(run_dir.name, ok=True, note=_headline(metrics, split))
+        progress.finish_run(run_dir.name, ok=True, note=_headline(_read_metrics(run_dir), split))
     return failed
 
 

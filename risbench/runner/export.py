@@ -1,25 +1,22 @@
 """Export a TableData: CSV (plain numbers: per column mean, std, n, t-interval, difference from the
 reference row with its bootstrap interval, separable), Markdown (mean ± t-interval half-width, a Δ column
-per shown accuracy metric; best mean in bold, second underlined), LaTeX (risbench.runner.latex) and the
-caption. Callers write the text with risbench.io.atomic_write_text (temporary file + rename)."""
+per shown accuracy metric; best mean in bold, second underlined) and LaTeX (risbench.runner.latex); the
+caption comes with the table (risbench.runner.tables). Callers write the text with
+risbench.io.atomic_write_text (temporary file + rename)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from risbench.errors import UnknownNameError, unknown_name_message
 from risbench.runner.columns import COST, LABELS, fmt_paper, fmt_value
 from risbench.runner.latex import SHRINK_OPEN, to_latex
-from risbench.runner.pretrained import describe_weights
-from risbench.runner.table_stats import TableStats
-from risbench.runner.tables import TableData, read_json
+from risbench.runner.tables import TableData
 
 FORMATS = ("csv", "markdown", "latex")
 __all__ = ["FORMATS", "SHRINK_OPEN", "fmt_paper", "fmt_value", "render", "to_csv", "to_latex", "to_markdown"]
@@ -140,104 +137,3 @@ def render(t: TableData, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UnknownNameError(unknown_name_message("format", fmt, FORMATS))
     return {"csv": to_csv, "markdown": to_markdown, "latex": to_latex}[fmt](t)
-
-
-def delta_caption(st: TableStats) -> str:
-    """How the Δ column was computed, with the real numbers of sentences, seeds and replicates."""
-
-    def span(values: list[int]) -> str:
-        return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
-
-    done = [v for v in st.diff_seeds]
-    if not done:
-        reasons = sorted(set(st.note.values())) or ["no other variant"]
-        return f"Δ vs {st.reference}: not computed ({'; '.join(reasons)})"
-    sentences = span([st.sentences[v] for v in done])
-    seeds = span([st.diff_seeds[v] for v in done])
-    seed_word = "seed" if seeds == "1" else "seeds"
-    if st.replicates <= 0:
-        return f"Δ vs {st.reference}: mean over {seeds} paired {seed_word}, no interval (bootstrap off)"
-    return (
-        f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
-        f"{st.replicates} replicates, percentile 95% CI; * = CI excludes 0"
-    )
-
-
-def caption_for(
-    meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None = None, stats: TableStats | None = None
-) -> str:
-    """One caption line: split, threshold, resolution, input size, weights, seeds, how the intervals
-    were computed (`stats`) and the FLOP convention, read from the runs' own files (config.yaml,
-    metrics.json provenance, flops.json)."""
-    spec = meta.get("table") or {}
-    split = spec.get("split", "val")
-    cost = spec.get("cost", "total")
-    exp_dir = Path(runs_dir)
-    dirs = [exp_dir / r for r in run_ids] if run_ids else [p for p in exp_dir.iterdir() if p.is_dir()]
-    sizes, weights, thresholds, resolutions, datasets, text_lens = set(), set(), set(), set(), set(), set()
-    stale = sorted(d.name for d in dirs if (d / "stale.json").is_file())
-    for d in dirs:
-        cfg_path = d / "config.yaml"
-        if cfg_path.is_file():
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-            enc = (cfg.get("model") or {}).get("encoder") or {}
-            if enc.get("image_size") and not (d / "flops.json").is_file():
-                sizes.add(int(enc["image_size"]))
-            weights.add(str(enc.get("weights") or "random"))
-            data = cfg.get("data") or {}
-            detail = "/".join(str(data[k]) for k in ("flavour", "dataset", "split_by") if data.get(k))
-            name = str(data.get("name") or "?")
-            datasets.add(f"{name} ({detail})" if detail else name)
-            ev = cfg.get("eval") or {}
-            if ev.get("threshold") is not None:
-                thresholds.add(ev["threshold"])
-            if ev.get("resolution"):
-                resolutions.add(str(ev["resolution"]))
-        metrics = read_json(d / "metrics.json") or {}
-        prov = metrics.get("provenance") if isinstance(metrics.get("provenance"), dict) else {}
-        for key, bucket in (("threshold", thresholds), ("resolution", resolutions), ("weights", weights)):
-            value = prov.get(key, metrics.get(key))
-            if value is not None:
-                bucket.add(str(value) if key != "threshold" else value)
-        flops = read_json(d / "flops.json") or {}
-        text_len = (flops.get("input") or {}).get("text_len", flops.get("text_len"))
-        if text_len:
-            text_lens.add(int(text_len))
-        if (flops.get("input") or {}).get("image_size"):  # the built model's input (a dual encoder's is its tower's)
-            sizes.add(int(flops["input"]["image_size"]))
-
-    def one(values: set, default: str) -> str:
-        return ", ".join(str(v) for v in sorted(values, key=str)) if values else default
-
-    seeds = meta.get("seeds") or []
-    parts = []
-    if spec.get("caption"):
-        parts.append(spec["caption"].rstrip("."))
-    accuracy = any(c not in COST for c in spec.get("columns", LABELS))
-    if accuracy:
-        parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
-        parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
-    parts.append("input " + (one({f"{s}×{s}" for s in sizes}, "?")))
-    if accuracy:
-        parts.append(f"weights: {one({describe_weights(w) for w in weights}, 'random')}")
-        if len(seeds) > 1:
-            text = f"mean ± 95% t-interval half-width over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
-            parts.append(text + "; a cell without ± has one seed")
-        else:
-            parts.append(f"seed {one(set(seeds), '0')} (one seed: no interval over seeds)")
-        if stats is not None and stats.reference is not None and len(stats.diff.columns):
-            parts.append(delta_caption(stats))
-    scope = "whole model" if cost == "total" else f"{cost} only"
-    flop_text = f"Params/GFLOPs: {scope}, fvcore count (1 multiply-add = 1 FLOP)"
-    if text_lens:
-        flop_text += f", {one(text_lens, '')} text tokens"
-    parts.append(flop_text)
-    if spec.get("paper_caption"):
-        parts.append(f"paper: {spec['paper_caption']}")
-    elif spec.get("mirrors"):
-        parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, 480×480)")
-    if accuracy:
-        parts.append("best in bold, second underlined")
-    if stale:
-        parts.append(f"STALE, produced by other code than this checkout (kept with --keep-stale): {', '.join(stale)}")
-    return "; ".join(parts) + "."

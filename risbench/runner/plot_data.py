@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from risbench.errors import RisbenchError
-from risbench.runner.tables import TableData, read_json, run_meta
+from risbench.results import METRICS_FILE, Metrics
+from risbench.runner.collect import run_meta
+from risbench.runner.tables import TableData
 from risbench.train.curves import read_curve
 
 
@@ -48,14 +50,14 @@ def size_frame(run_dirs: list[Path], split: str = "val") -> pd.DataFrame:
     bucket, low (the bucket's lower bound, percent of the image), num, mIoU, oIoU."""
     rows = []
     for run_dir in run_dirs:
-        metrics = read_json(Path(run_dir) / "metrics.json") or {}
-        by_size = ((metrics.get("splits") or metrics).get(split) or {}).get("iou_by_size")
+        path = Path(run_dir) / METRICS_FILE
+        by_size = (Metrics.read(path).splits.get(split) or {}).get("iou_by_size") if path.is_file() else None
         if not isinstance(by_size, dict):
             continue
-        meta = run_meta(Path(run_dir)) or {}
+        meta = run_meta(Path(run_dir))
         for bucket, entry in by_size.items():
             rows.append(
-                {"variant": str(meta.get("variant", Path(run_dir).name)), "seed": int(meta.get("seed", 0)),
+                {"variant": meta.variant if meta else Path(run_dir).name, "seed": meta.seed if meta else 0,
                  "bucket": bucket, "low": _bucket_low(bucket), "num": entry.get("num", 0),
                  "mIoU": entry.get("mIoU"), "oIoU": entry.get("oIoU")}
             )  # fmt: skip

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from risbench.io import atomic_write_path
 from risbench.runner import plot_data
+from risbench.runner.collect import run_meta
 from risbench.runner.columns import LABELS
 from risbench.runner.tables import TableData
 
@@ -133,11 +134,11 @@ def experiment_plots(
     else oIoU), cost. A plot without data (no logged validation, no iou_by_size) is not written."""
     out_dir = Path(out_dir)
     written: list[Path] = []
-    metas = {str(d): plot_data.run_meta(Path(d)) or {} for d in run_dirs}
+    metas = {Path(d).name: run_meta(Path(d)) for d in run_dirs}
     names = [Path(d).name for d in run_dirs]
     curves = plot_data.curve_frame(list(run_dirs), names)
     if not curves.empty:
-        groups = {Path(d).name: str(metas[str(d)].get("variant", Path(d).name)) for d in run_dirs}
+        groups = {name: meta.variant if meta else name for name, meta in metas.items()}
         written += plot_curves(curves, out_dir / "curves", groups)
     sizes = plot_data.size_frame(list(run_dirs), split)
     if not sizes.dropna(subset=["mIoU"]).empty:

@@ -12,7 +12,6 @@ how an experiment compares fine-tuning from random init with fine-tuning from th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from risbench.config import PROJECT_ROOT
 from risbench.data.tokenizers import ARTIFACT_NAMES
 from risbench.errors import RisbenchError
 from risbench.registry import OBJECTIVES
+from risbench.results import PRETRAIN_FILE, PretrainProvenance
 from risbench.train.pretrain import Pretrained, artifact_name, find_artifact, pretrain, search_dirs
 from risbench.train.pretrain_config import load_pretrain_config, resolve_pretrain_config
 
@@ -133,13 +133,10 @@ def describe_weights(weights: str) -> str:
             return next(iter(described.values()))
         return ", ".join(f"{k} {v}" for k, v in described.items())
     path = Path(weights)
-    prov = path.parent / "pretrain.json"
+    prov = path.parent / PRETRAIN_FILE
     if weights != "random" and prov.is_file():
-        try:
-            info = json.loads(prov.read_text())
-            return f"{path.parent.name} (pretrained: {info['objective']}, {info['steps']} steps)"
-        except (OSError, ValueError, KeyError):
-            pass
+        info = PretrainProvenance.read(prov)
+        return f"{path.parent.name} (pretrained: {info.objective}, {info.steps} steps)"
     try:
         return str(path.resolve().relative_to(PROJECT_ROOT))
     except (OSError, ValueError):

@@ -8,19 +8,18 @@ results/<experiment>/table.{csv,md,tex}      (flops.{csv,md,tex} with --flops-on
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from risbench.io import atomic_write_json, atomic_write_text, git_text
+from risbench.results import RUN_FILE, Flops, RunInfo
 from risbench.runner import backends, export, tables
 from risbench.runner.columns import COST, LABELS
 from risbench.runner.experiment import Experiment, Run
@@ -39,15 +38,15 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
         run_dir.mkdir(parents=True, exist_ok=True)
         if not is_started(run_dir) and not is_finished(run_dir):  # then train_run owns it
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run.config, sort_keys=False))
-        run_meta = {
-            "experiment": exp.name,
-            "variant": run.variant,
-            "seed": run.seed,
-            "index": run.index,
-            "run_id": run.run_id,
-            "config_hash": run.config_hash,
-        }
-        atomic_write_json(run_dir / "run.json", run_meta)
+        info = RunInfo(
+            experiment=exp.name,
+            variant=run.variant,
+            seed=run.seed,
+            index=run.index,
+            run_id=run.run_id,
+            config_hash=run.config_hash,
+        )
+        info.write(run_dir / RUN_FILE)
         dirs.append(run_dir)
     return dirs
 
@@ -150,7 +149,7 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
 
 def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
     """Measure every run's model (each distinct spec once) and write flops.json; no data, no training."""
-    cache: dict[str, Any] = {}
+    cache: dict[str, Flops] = {}
     missing = {ref.name for ref in exp.pretrains() if not ref.exists()}  # checked once each: it hashes every file
     ref_of = {run.run_id: run.pretrain for run in exp.runs}
     for run_dir in run_dirs:
@@ -159,12 +158,9 @@ def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
         if ref is not None and ref.name in missing:  # weights change no count: build without them
             enc = {k: v for k, v in cfg["model"]["encoder"].items() if k not in ref.encoder_options}
             cfg = {**cfg, "model": {**cfg["model"], "encoder": enc}}
-        backends.ensure_flops(run_dir, cfg=cfg, cache=cache)
-        data = json.loads((run_dir / "flops.json").read_text())
-        total = data.get("total", {})
+        params, flops = backends.ensure_flops(run_dir, cfg=cfg, cache=cache).count("total")
         console.print(
-            f"{run_dir.name}: {total.get('params', 0) / 1e6:.2f} M params, {total.get('flops', 0) / 1e9:.2f} GFLOPs",
-            highlight=False,
+            f"{run_dir.name}: {(params or 0) / 1e6:.2f} M params, {(flops or 0) / 1e9:.2f} GFLOPs", highlight=False
         )
 
 

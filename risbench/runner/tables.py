@@ -1,18 +1,17 @@
 """`risbench table`: collect run outputs into one tidy frame, pivot to the paper's layout, export.
 
-collect(runs_dir)  -> tidy DataFrame, one row per run x split x metric (metrics.json and flops.json)
+collect(runs_dir)  -> tidy DataFrame, one row per run x split x metric (risbench.runner.collect)
 build_table(...)   -> TableData: rows = variants in the experiment's order, columns Params, GFLOPs, P@X,
                       oIoU, mIoU as mean and std over seeds, the paper's numbers beside them, and the
                       statistics (risbench.runner.table_stats): t-intervals over seeds, differences from
                       the reference row with paired bootstrap intervals
-Exports (CSV, Markdown, LaTeX) and the caption live in risbench.runner.export.
+caption_for(...)   -> the table's caption, read from the runs' own files
+Exports (CSV, Markdown, LaTeX) live in risbench.runner.export; the run files' schemas in risbench.results.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,134 +21,14 @@ import yaml
 
 from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
-from risbench.runner.columns import COLUMNS, DECIMALS, HIGHER_IS_BETTER
+from risbench.results import FLOPS_FILE, METRICS_FILE, Flops, Metrics
+from risbench.runner.collect import collect, read_json
+from risbench.runner.columns import COLUMNS, COST, DECIMALS, HIGHER_IS_BETTER, LABELS
+from risbench.runner.pretrained import describe_weights
 from risbench.runner.stats import DEFAULT_REPLICATES
 from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
-from risbench.train.rundir import read_result
 
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
-
-
-# ---------------------------------------------------------------- reading run outputs
-
-
-def metric_key(name: str) -> str | None:
-    """Normalise a metric name: 'oIoU' -> 'oiou', 'P@0.5' / 'p50' / 'prec@0.5' -> 'p50', the R-RIS code's
-    'rris_r' / 'rris_rIoU' -> 'rris_r' / 'rris_riou'; None if unknown."""
-    k = name.strip().lower()
-    if k in ("rris_r", "rris_riou"):
-        return k
-    if k in ("oiou", "overall_iou", "ciou"):
-        return "oiou"
-    if k in ("miou", "mean_iou"):
-        return "miou"
-    m = re.fullmatch(r"(?:p|prec|precision)\s*[@_]?\s*(0?\.\d+|\d+)", k)
-    if m:
-        t = float(m.group(1))
-        t = t * 100 if t <= 1 else t
-        return f"p{int(round(t))}"
-    return None
-
-
-def split_metrics(data: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per-split {metric: value} from a metrics.json, whatever its nesting ({split: {...}} or
-    {'splits'|'metrics': {split: {...}}}); values are percent, as risbench.train.metrics reports them."""
-    for key in ("splits", "metrics", "results"):
-        if isinstance(data.get(key), dict) and any(isinstance(v, dict) for v in data[key].values()):
-            data = data[key]
-            break
-    out: dict[str, dict[str, float]] = {}
-    for split, values in data.items():
-        if not isinstance(values, dict):
-            continue
-        found = {}
-        for name, value in values.items():
-            key = metric_key(str(name))
-            if key and isinstance(value, (int, float)) and not isinstance(value, bool):
-                found[key] = float(value)
-        if found:
-            out[split] = found
-    return out
-
-
-def _flops_values(data: dict[str, Any]) -> dict[str, float]:
-    """{'params.total': M, 'gflops.total': G, 'params.fpn': M, ...} from a flops.json."""
-    out: dict[str, float] = {}
-
-    def put(part: str, entry: Any) -> None:
-        if not isinstance(entry, dict):
-            return
-        params = entry.get("params", entry.get("params_total"))
-        if isinstance(params, dict):
-            params = params.get("total")
-        flops = entry.get("flops", entry.get("flops_total"))
-        if isinstance(params, (int, float)):
-            out[f"params.{part}"] = params / 1e6
-        elif isinstance(entry.get("params_m"), (int, float)):
-            out[f"params.{part}"] = float(entry["params_m"])
-        if isinstance(flops, (int, float)):
-            out[f"gflops.{part}"] = flops / 1e9
-        elif isinstance(entry.get("gflops"), (int, float)):
-            out[f"gflops.{part}"] = float(entry["gflops"])
-
-    comps = data.get("components") if isinstance(data.get("components"), dict) else data
-    for part in ("encoder", "fpn", "decoder"):
-        put(part, comps.get(part))
-    put("total", data.get("total") if isinstance(data.get("total"), dict) else data)
-    return out
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def run_meta(run_dir: Path) -> dict[str, Any] | None:
-    meta = read_json(run_dir / "run.json")
-    if meta is None and (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        name = run_dir.name
-        m = re.fullmatch(r"(.+)-s(\d+)-[0-9a-f]{6}", name)
-        meta = {"variant": m.group(1) if m else name, "seed": int(m.group(2)) if m else cfg.get("seed", 0)}
-    return meta
-
-
-def collect(runs_dir: str | Path) -> pd.DataFrame:
-    """One tidy row per run x split x metric for every run directory under `runs_dir` (any depth).
-    Columns: experiment, run_id, variant, seed, index, split, metric, value, mtime, run_dir."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise RisbenchError(f"runs directory not found: {runs_dir}")
-    rows = []
-    run_dirs = sorted({p.parent for name in ("metrics.json", "flops.json") for p in runs_dir.rglob(name)})
-    for run_dir in run_dirs:
-        meta = run_meta(run_dir) or {}
-        base = {
-            "experiment": meta.get("experiment", run_dir.parent.name),
-            "run_id": run_dir.name,
-            "variant": str(meta.get("variant", run_dir.name)),
-            "seed": int(meta.get("seed", 0)),
-            "index": int(meta.get("index", 10_000)),
-            "run_dir": str(run_dir),
-        }
-        metrics_path = run_dir / "metrics.json"
-        metrics = read_result(metrics_path) if metrics_path.is_file() else None
-        if metrics:
-            mtime = metrics_path.stat().st_mtime
-            for split, values in split_metrics(metrics).items():
-                for metric, value in values.items():
-                    rows.append({**base, "split": split, "metric": metric, "value": value, "mtime": mtime})
-        flops_path = run_dir / "flops.json"
-        flops = read_result(flops_path) if flops_path.is_file() else None
-        if flops:
-            mtime = flops_path.stat().st_mtime
-            for metric, value in _flops_values(flops).items():
-                rows.append({**base, "split": "", "metric": metric, "value": value, "mtime": mtime})
-    cols = ["experiment", "run_id", "variant", "seed", "index", "split", "metric", "value", "mtime", "run_dir"]
-    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------- pivoting
@@ -290,6 +169,109 @@ def _latest_per_variant_seed(tidy: pd.DataFrame) -> pd.DataFrame:
     return tidy[tidy["run_id"].isin(last["run_id"])]
 
 
+# ---------------------------------------------------------------- caption
+
+
+def delta_caption(st: TableStats) -> str:
+    """How the Δ column was computed, with the real numbers of sentences, seeds and replicates."""
+
+    def span(values: list[int]) -> str:
+        return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
+
+    done = [v for v in st.diff_seeds]
+    if not done:
+        reasons = sorted(set(st.note.values())) or ["no other variant"]
+        return f"Δ vs {st.reference}: not computed ({'; '.join(reasons)})"
+    sentences = span([st.sentences[v] for v in done])
+    seeds = span([st.diff_seeds[v] for v in done])
+    seed_word = "seed" if seeds == "1" else "seeds"
+    if st.replicates <= 0:
+        return f"Δ vs {st.reference}: mean over {seeds} paired {seed_word}, no interval (bootstrap off)"
+    return (
+        f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
+        f"{st.replicates} replicates, percentile 95% CI; * = CI excludes 0"
+    )
+
+
+def caption_for(
+    meta: dict[str, Any], runs_dir: Path, run_ids: list[str] | None = None, stats: TableStats | None = None
+) -> str:
+    """One caption line: split, threshold, resolution, input size, weights, seeds, how the intervals
+    were computed (`stats`) and the FLOP convention, read from the runs' own files (config.yaml,
+    metrics.json provenance, flops.json)."""
+    spec = meta.get("table") or {}
+    split = spec.get("split", "val")
+    cost = spec.get("cost", "total")
+    exp_dir = Path(runs_dir)
+    dirs = [exp_dir / r for r in run_ids] if run_ids else [p for p in exp_dir.iterdir() if p.is_dir()]
+    sizes, weights, thresholds, resolutions, datasets, text_lens = set(), set(), set(), set(), set(), set()
+    stale = sorted(d.name for d in dirs if (d / "stale.json").is_file())
+    for d in dirs:
+        cfg_path = d / "config.yaml"
+        if cfg_path.is_file():
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+            enc = (cfg.get("model") or {}).get("encoder") or {}
+            if enc.get("image_size") and not (d / FLOPS_FILE).is_file():
+                sizes.add(int(enc["image_size"]))
+            weights.add(str(enc.get("weights") or "random"))
+            data = cfg.get("data") or {}
+            detail = "/".join(str(data[k]) for k in ("flavour", "dataset", "split_by") if data.get(k))
+            name = str(data.get("name") or "?")
+            datasets.add(f"{name} ({detail})" if detail else name)
+            ev = cfg.get("eval") or {}
+            if ev.get("threshold") is not None:
+                thresholds.add(ev["threshold"])
+            if ev.get("resolution"):
+                resolutions.add(str(ev["resolution"]))
+        if (d / METRICS_FILE).is_file():
+            prov = Metrics.read(d / METRICS_FILE).provenance
+            for key, bucket in (("threshold", thresholds), ("resolution", resolutions), ("weights", weights)):
+                if prov.get(key) is not None:
+                    bucket.add(str(prov[key]) if key != "threshold" else prov[key])
+        if (d / FLOPS_FILE).is_file():
+            flops = Flops.read(d / FLOPS_FILE)
+            if flops.text_len:
+                text_lens.add(flops.text_len)
+            if flops.input.get("image_size"):  # the built model's input (a dual encoder's is its tower's)
+                sizes.add(int(flops.input["image_size"]))
+
+    def one(values: set, default: str) -> str:
+        return ", ".join(str(v) for v in sorted(values, key=str)) if values else default
+
+    seeds = meta.get("seeds") or []
+    parts = []
+    if spec.get("caption"):
+        parts.append(spec["caption"].rstrip("."))
+    accuracy = any(c not in COST for c in spec.get("columns", LABELS))
+    if accuracy:
+        parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
+        parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
+    parts.append("input " + (one({f"{s}×{s}" for s in sizes}, "?")))
+    if accuracy:
+        parts.append(f"weights: {one({describe_weights(w) for w in weights}, 'random')}")
+        if len(seeds) > 1:
+            text = f"mean ± 95% t-interval half-width over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+            parts.append(text + "; a cell without ± has one seed")
+        else:
+            parts.append(f"seed {one(set(seeds), '0')} (one seed: no interval over seeds)")
+        if stats is not None and stats.reference is not None and len(stats.diff.columns):
+            parts.append(delta_caption(stats))
+    scope = "whole model" if cost == "total" else f"{cost} only"
+    flop_text = f"Params/GFLOPs: {scope}, fvcore count (1 multiply-add = 1 FLOP)"
+    if text_lens:
+        flop_text += f", {one(text_lens, '')} text tokens"
+    parts.append(flop_text)
+    if spec.get("paper_caption"):
+        parts.append(f"paper: {spec['paper_caption']}")
+    elif spec.get("mirrors"):
+        parts.append(f"paper: Shared-RIS Table {spec['mirrors']} (RefCOCO+ val, 480×480)")
+    if accuracy:
+        parts.append("best in bold, second underlined")
+    if stale:
+        parts.append(f"STALE, produced by other code than this checkout (kept with --keep-stale): {', '.join(stale)}")
+    return "; ".join(parts) + "."
+
+
 def table_for_dir(
     runs_dir: str | Path,
     run_ids: list[str] | None = None,
@@ -310,8 +292,6 @@ def table_for_dir(
     tidy = collect(runs_dir)
     if tidy.empty:
         raise RisbenchError(f"{runs_dir}: no metrics.json or flops.json found under it")
-    from risbench.runner.export import caption_for
-
     table = build_table(tidy, meta, run_ids, reference=reference, replicates=replicates)
     table.caption = caption_for(meta, runs_dir, run_ids, table.stats)
     return table

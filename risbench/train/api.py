@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from risbench.io import atomic_write_json, atomic_write_text, check_writable, provenance
+from risbench.results import METRICS_FILE, Metrics
 from risbench.spec import validate_spec
 from risbench.train.checkpoint import load_checkpoint, load_model_state, seed_everything
 from risbench.train.codeversion import code_version
@@ -175,10 +176,10 @@ def _claim_and_train(
             settle_code_version(run_dir, version)
         barrier(info)
         if is_finished(run_dir):
-            return read_metrics(run_dir)
+            return read_metrics(run_dir).to_dict()
     if info.is_main:
         if not resume:
-            for path in (run_dir / "metrics.json", run_dir / "train_log.jsonl"):
+            for path in (run_dir / METRICS_FILE, run_dir / "train_log.jsonl"):
                 path.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +201,6 @@ def _train_and_evaluate(
     t_start: float,
     version: str,
 ) -> dict[str, Any]:
-    metrics_path = run_dir / "metrics.json"
     seed_everything(run_cfg.seed)  # before the model is built: its initial weights come from the seed
     comp = build_components(run_cfg, resolved, info)
     check_first_batches(comp, run_cfg)  # data checked before compute
@@ -228,9 +228,9 @@ def _train_and_evaluate(
         sentences=sentences,
     )
     eval_seconds = time.perf_counter() - t_eval
-    metrics = {
-        "splits": splits,
-        "train": {
+    metrics = Metrics(
+        splits=splits,
+        train={
             "steps": state.step,
             "epochs_completed": state.epoch,
             "global_batch_size": run_cfg.train.batch_size,
@@ -240,7 +240,7 @@ def _train_and_evaluate(
             "best_val_oIoU": state.best_score,
             "val_history": state.history,
         },
-        "provenance": {
+        provenance={
             **run_provenance(comp, run_cfg, resolved, info),
             "code_version": version,  # of the code this process imported when it started
             "checkpoint": used,
@@ -251,10 +251,10 @@ def _train_and_evaluate(
                 "wall_seconds_this_process": round(time.perf_counter() - t_start, 3),
             },
         },
-    }
+    )
     if info.is_main:
         for split, items in sentences.items():  # before metrics.json, whose presence marks the run finished
             write_per_sentence(run_dir, split, items, run_cfg.eval.threshold, run_cfg.eval.resolution)
-        atomic_write_json(metrics_path, metrics)
+        metrics.write(run_dir / METRICS_FILE)
     barrier(info)
-    return metrics
+    return metrics.to_dict()

@@ -29,8 +29,9 @@ import yaml
 
 from risbench.config import PROJECT_ROOT
 from risbench.errors import IncompatibleError, RisbenchError
-from risbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance
+from risbench.io import atomic_write_bytes, atomic_write_text, provenance
 from risbench.registry import ENCODERS, OBJECTIVES
+from risbench.results import PRETRAIN_FILE, PretrainProvenance
 from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from risbench.train.components import default_cache_dir, process_settings
 from risbench.train.distributed import GlobalBatchSampler, env_world_size, init_distributed
@@ -39,8 +40,6 @@ from risbench.train.optim import LRSchedule, build_optimizer
 from risbench.train.pretrain_config import PretrainConfig, config_hash, resolve_pretrain_config
 from risbench.train.progress import Progress, truncate_log, use_quiet
 
-PROVENANCE_FILE = "pretrain.json"
-PROVENANCE_SCHEMA = 1
 COMMITTED_DIR = PROJECT_ROOT / "pretrained"
 
 
@@ -52,7 +51,7 @@ class Pretrained:
     hash: str
     encoder_options: dict[str, str]  # absolute paths, e.g. {"weights": ".../encoder.pth"}
     tokenizer_path: str
-    provenance: dict[str, Any]
+    provenance: PretrainProvenance
 
 
 def artifact_name(cfg: PretrainConfig, resolved: dict[str, Any]) -> str:
@@ -74,33 +73,26 @@ def _sha256(path: Path) -> str:
 
 def read_artifact(directory: Path, expected_hash: str | None = None) -> Pretrained:
     """Check and describe a finished artifact: schema, hash, and every file against its sha256."""
-    path = directory / PROVENANCE_FILE
-    try:
-        prov = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RisbenchError(f"{path}: not a readable pretraining provenance file ({exc})") from None
-    if prov.get("schema") != PROVENANCE_SCHEMA:
-        raise RisbenchError(
-            f"{path}: provenance schema {prov.get('schema')!r}, this risbench reads {PROVENANCE_SCHEMA}"
-        )
-    if expected_hash is not None and prov.get("hash") != expected_hash:
-        raise RisbenchError(f"{path}: artifact of config {prov.get('hash')}, expected {expected_hash}")
-    if config_hash(prov["config"]) != prov["hash"]:
-        raise RisbenchError(f"{path}: its config does not hash to its recorded hash {prov['hash']}")
-    for name, digest in prov["files"].items():
+    path = directory / PRETRAIN_FILE
+    prov = PretrainProvenance.read(path)
+    if expected_hash is not None and prov.hash != expected_hash:
+        raise RisbenchError(f"{path}: artifact of config {prov.hash}, expected {expected_hash}")
+    if config_hash(prov.config) != prov.hash:
+        raise RisbenchError(f"{path}: its config does not hash to its recorded hash {prov.hash}")
+    for name, digest in prov.files.items():
         file = directory / name
         if not file.is_file() or _sha256(file) != digest:
             raise RisbenchError(
                 f"{directory}: {name} is missing or differs from its recorded sha256; re-run pretraining"
             )
-    options = {k: str(directory / v) for k, v in prov["encoder_options"].items()}
-    return Pretrained(directory, prov["hash"], options, str(directory / prov["tokenizer"]), prov)
+    options = {k: str(directory / v) for k, v in prov.encoder_options.items()}
+    return Pretrained(directory, prov.hash, options, str(directory / prov.tokenizer), prov)
 
 
 def find_artifact(name: str) -> Pretrained | None:
     """The first finished artifact `name` (`<config name>-<hash>`) in `search_dirs()`, or None."""
     for root in search_dirs():
-        if (root / name / PROVENANCE_FILE).is_file():
+        if (root / name / PRETRAIN_FILE).is_file():
             return read_artifact(root / name, name.rsplit("-", 1)[1])
     return None
 
@@ -125,7 +117,7 @@ def pretrain(
             return found
         out_dir = search_dirs()[0] / name
     out_dir = Path(out_dir)
-    if (out_dir / PROVENANCE_FILE).is_file():
+    if (out_dir / PRETRAIN_FILE).is_file():
         return read_artifact(out_dir, config_hash(resolved))
     if env_world_size() > 1:
         raise RisbenchError("risbench pretrain runs in one process; start it without torchrun")
@@ -355,25 +347,24 @@ def _finish(cfg, resolved, out_dir, objective, tokenizer, state, log_path, devic
         )
     relative = {k: str(Path(v).relative_to(out_dir)) for k, v in objective.encoder_options(out_dir).items()}
     names = [*files, tok_name, log_path.name, "config.yaml"]
-    prov = {
-        "schema": PROVENANCE_SCHEMA,
-        "name": cfg.name,
-        "hash": config_hash(resolved),
-        "command": command,
-        "config": resolved,
-        "objective": cfg.objective.name,
-        "steps": state["step"],
-        "train_seconds": round(state["train_seconds"], 2),
-        "final": {k: v for k, v in curve[-1].items() if k.startswith(("loss", "acc"))} if curve else {},
-        "held_out": evaluation,
-        "loss_curve": [{k: r[k] for k in r if k not in ("lr", "samples_per_s", "s_per_step")} for r in curve],
-        "encoder_options": relative,
-        "tokenizer": tok_name,
-        "files": {n: _sha256(out_dir / n) for n in names},
+    prov = PretrainProvenance(
+        name=cfg.name,
+        hash=config_hash(resolved),
+        command=command,
+        config=resolved,
+        objective=cfg.objective.name,
+        steps=state["step"],
+        train_seconds=round(state["train_seconds"], 2),
+        final={k: v for k, v in curve[-1].items() if k.startswith(("loss", "acc"))} if curve else {},
+        held_out=evaluation,
+        loss_curve=[{k: r[k] for k in r if k not in ("lr", "samples_per_s", "s_per_step")} for r in curve],
+        encoder_options=relative,
+        tokenizer=tok_name,
+        files={n: _sha256(out_dir / n) for n in names},
         **started,
-    }
-    if any(not math.isfinite(v) for v in prov["final"].values() if isinstance(v, float)):
+    )
+    if any(not math.isfinite(v) for v in prov.final.values() if isinstance(v, float)):
         raise RisbenchError("pretraining ended with a non-finite loss; nothing exported")
-    atomic_write_json(out_dir / PROVENANCE_FILE, prov)
+    prov.write(out_dir / PRETRAIN_FILE)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the export holds the finished weights
-    return read_artifact(out_dir, prov["hash"])
+    return read_artifact(out_dir, prov.hash)

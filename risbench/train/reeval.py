@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from risbench.errors import RisbenchError
-from risbench.io import atomic_write_json, atomic_write_text, check_writable
+from risbench.io import atomic_write_text, check_writable
+from risbench.results import Metrics
 from risbench.train.api import evaluate_splits, run_provenance
 from risbench.train.checkpoint import load_checkpoint, load_model_state
 from risbench.train.components import build_components
@@ -97,8 +98,8 @@ def evaluate_run(
         raise RisbenchError(f"--resolution must be original or input, got '{resolution}'")
     splits = splits or list(cfg.eval.splits)
     sentences: dict[str, list[SentenceResult]] = {}
-    result = {
-        "splits": evaluate_splits(
+    result = Metrics(
+        splits=evaluate_splits(
             comp,
             cfg,
             info,
@@ -109,9 +110,10 @@ def evaluate_run(
             max_samples=max_samples,
             sentences=sentences,
         ),
-        "provenance": {**run_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
-        "checkpoint": used,
-    }
+        provenance={**run_provenance(comp, cfg, resolved, info), "threshold": threshold, "resolution": resolution},
+        checkpoint=used,
+    )
+    out = result.to_dict()
     if write and info.is_main:
         name = eval_name(splits, threshold, resolution, swap_text, checkpoint, max_samples)
         if per_sentence:
@@ -122,9 +124,9 @@ def evaluate_run(
             for split, items in sentences.items():
                 if not per_sentence_path(run_dir, split).exists():
                     write_per_sentence(run_dir, split, items, threshold, resolution)
-        atomic_write_json(run_dir / "evals" / f"{name}.json", result)
-        result["written_to"] = str(run_dir / "evals" / f"{name}.json")
-    return result
+        result.write(run_dir / "evals" / f"{name}.json")
+        out["written_to"] = str(run_dir / "evals" / f"{name}.json")
+    return out
 
 
 def _is_risbench_file(path: Path) -> bool:

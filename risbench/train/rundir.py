@@ -16,6 +16,7 @@ import yaml
 
 from risbench.errors import RisbenchError
 from risbench.io import atomic_write_json
+from risbench.results import METRICS_FILE, Metrics
 from risbench.train.config import comparable
 
 
@@ -27,27 +28,12 @@ def is_started(run_dir: Path) -> bool:
 
 def is_finished(run_dir: Path) -> bool:
     """The run's metrics.json exists (train_run writes it last)."""
-    return (Path(run_dir) / "metrics.json").is_file()
+    return (Path(run_dir) / METRICS_FILE).is_file()
 
 
-def read_result(path: Path) -> dict[str, Any]:
-    """A run's metrics.json or flops.json; an unreadable one is a RisbenchError naming it (a corrupt result
-    is never shown as a missing value)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RisbenchError(
-            f"{path}: not readable JSON ({str(exc).splitlines()[0]}); delete it and re-run that run "
-            f"(risbench run / train reuses its checkpoints)"
-        ) from None
-    if not isinstance(data, dict):
-        raise RisbenchError(f"{path}: expected a JSON object, got {type(data).__name__}; delete it and re-run")
-    return data
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
+def read_metrics(run_dir: Path) -> Metrics:
     """A finished run's metrics.json; a corrupt one is a RisbenchError naming the file."""
-    return read_result(Path(run_dir) / "metrics.json")
+    return Metrics.read(Path(run_dir) / METRICS_FILE)
 
 
 def check_config(run_dir: Path, resolved: dict[str, Any]) -> None:
@@ -80,7 +66,7 @@ def remove_unstarted(run_dir: Path, created: bool) -> None:
 
 VERSION_FILE = "code_version.json"  # the code version a started run trains with (written before step 1)
 STALE_FILE = "stale.json"  # a finished run of other code, kept on request (`risbench run --keep-stale`)
-OUTPUTS = ("metrics.json", "train_log.jsonl", "checkpoints", "evals", VERSION_FILE, STALE_FILE)
+OUTPUTS = (METRICS_FILE, "train_log.jsonl", "checkpoints", "evals", VERSION_FILE, STALE_FILE)
 
 
 def recorded_version(run_dir: Path) -> str | None:
@@ -88,8 +74,7 @@ def recorded_version(run_dir: Path) -> str | None:
     unknown (a run from before code versions)."""
     run_dir = Path(run_dir)
     if is_finished(run_dir):
-        prov = read_metrics(run_dir).get("provenance")
-        return prov.get("code_version") if isinstance(prov, dict) else None
+        return read_metrics(run_dir).code_version
     try:
         return json.loads((run_dir / VERSION_FILE).read_text()).get("code_version")
     except (OSError, ValueError, AttributeError):

@@ -77,6 +77,8 @@ def benchmark_step(
     baseline: bool = True,
     peak: bool = True,
     remeasure_peak: bool = False,
+    macs: int | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Time `steps` steps of `model` (a preset name or YAML path) after `warmup` untimed ones; `on_step`
@@ -85,7 +87,9 @@ def benchmark_step(
     `speed`: `train.speed` switches as KEY=VALUE (risbench/train/speed.py). `data`: a dataset preset whose
     training DataLoader feeds the steps (else one random batch on the host, copied each step).
     `baseline`: also time the plain PyTorch loop (`plain_loop_step`) on the same batch. `peak`: the
-    device's GEMM peak (cached) and MFU."""
+    device's GEMM peak (cached) and MFU. `macs`: the model's multiply-adds per image when already counted
+    (a series of runs of one model), else fvcore counts them. `wrap`: applied to the model before
+    torch.compile (e.g. DistributedDataParallel, for `scripts/gpu_ddp_step.py`)."""
     if mode not in MODES:
         raise RisbenchError(f"--mode: expected one of {', '.join(MODES)}, got '{mode}'")
     if steps < 1 or warmup < 0 or batch_size < 1:
@@ -101,9 +105,9 @@ def benchmark_step(
     net = build_segmenter(spec).to(dev)
     enc = net.encoder
     size = int(enc.image_size)
-    macs = measure(net, size, text_len)["total"]["flops"]
+    macs = macs or measure(net, size, text_len)["total"]["flops"]
     prepare_model(net, recipe.speed)
-    step_model = compile_step_model(net, recipe.speed)
+    step_model = compile_step_model(wrap(net) if wrap else net, recipe.speed)
     batches = _batches(net, dev, batch_size, text_len, seed, recipe, data, num_workers)
     loss_fn = compile_loss(build_loss(recipe.loss.name, recipe.loss.options), recipe.speed)
     optimizer = build_optimizer(net, recipe, dev)

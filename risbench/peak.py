@@ -30,8 +30,8 @@ NOMINAL_BF16_TFLOPS: tuple[tuple[str, str, float], ...] = (
     ("H100", "H100 SXM", 989.0),
     ("A100", "A100 (SXM or PCIe)", 312.0),
 )
-GEMM_SIZES = {"cuda": (8192, 16384), "cpu": (1024, 2048)}
-GEMM_REPEATS = {"cuda": 20, "cpu": 3}
+GEMM_SIZES = {"cuda": (8192, 16384), "cpu": (1024,)}
+GEMM_REPEATS = {"cuda": 20, "cpu": 5}
 
 
 def nominal_peak(device_name: str) -> dict[str, Any] | None:

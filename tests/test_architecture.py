@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("api", ("risbench",)),  # the package itself: `risbench.build_model`
     ("cli", ("risbench.cli",)),
     ("runner", ("risbench.runner", "risbench.efficiency", "risbench.benchmark", "risbench.benchmark_pretrain",
-                "risbench.baseline", "risbench.loader_bench")),
+                "risbench.baseline", "risbench.loader_bench", "risbench.scaling")),
     ("train", ("risbench.train",)),
     ("models/data", ("risbench.models", "risbench.data")),
     ("spec", ("risbench.spec",)),

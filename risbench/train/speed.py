@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager: graph capture + AOTAutograd, no codegen
 
 
 @dataclass
@@ -25,7 +26,8 @@ class SpeedConfig:
 
     compile: bool = False  # torch.compile the model (the step's forward and backward)
     compile_loss: bool = False  # torch.compile the loss too
-    compile_mode: str = "default"
+    compile_mode: str = "default"  # inductor's mode
+    compile_backend: str = "inductor"
     fused_adamw: bool | None = None  # torch's fused AdamW/Adam kernel; auto = on CUDA
     channels_last: bool = False  # 4-d weights (the decoder's and FPN's convs) and their inputs NHWC
     drop_unpadded_mask: bool = False  # no attention mask for a batch without padded text (checked on host)
@@ -38,6 +40,10 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{self.compile_mode}'")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(
+                f"compile_backend must be one of {', '.join(COMPILE_BACKENDS)}, got '{self.compile_backend}'"
+            )
         if self.host_sync not in (None, "step", "log"):
             raise ValueError(f"host_sync must be step, log or null (auto), got '{self.host_sync}'")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
@@ -76,12 +82,18 @@ def prepare_model(model: nn.Module, speed: SpeedConfig) -> nn.Module:
 
 def compile_step_model(model: nn.Module, speed: SpeedConfig) -> nn.Module:
     """The module the step calls: `torch.compile(model)` when switched on (after DDP wrapping), else `model`."""
-    return torch.compile(model, mode=speed.compile_mode) if speed.compile else model
+    return _compile(model, speed) if speed.compile else model
 
 
 def compile_loss(loss_fn: nn.Module, speed: SpeedConfig) -> nn.Module:
     """The loss the step calls (compiled when `compile_loss`)."""
-    return torch.compile(loss_fn, mode=speed.compile_mode) if speed.compile_loss else loss_fn
+    return _compile(loss_fn, speed) if speed.compile_loss else loss_fn
+
+
+def _compile(module: nn.Module, speed: SpeedConfig) -> nn.Module:
+    if speed.compile_backend == "inductor":
+        return torch.compile(module, mode=speed.compile_mode)
+    return torch.compile(module, backend=speed.compile_backend)
 
 
 def checkpoint_blocks(module: nn.Module) -> int:

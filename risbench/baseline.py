@@ -26,8 +26,8 @@ def plain_loop(net, step_model, recipe: TrainConfig, batch: dict[str, Any], dev,
     and auxiliary terms, backward, clipping and a fresh optimizer of the same kind (no marks, no checks)."""
     image, ids, pad = (batch[k].to(dev) for k in ("image", "text_ids", "text_pad_mask"))
     loss_fn = build_loss(recipe.loss.name, recipe.loss.options)
-    with autocast_context(dev, recipe.amp):  # with gradients: a compiled model reuses its training graph
-        shape = tuple(step_model(image, ids, pad).logits.shape[-2:])
+    with torch.no_grad(), autocast_context(dev, recipe.amp):  # the bare model: no DDP step, no new compile
+        shape = tuple(net(image, ids, pad).logits.shape[-2:])
     target = torch.nn.functional.interpolate(batch["mask"].to(dev)[:, None].float(), size=shape, mode="nearest")
     optimizer = build_optimizer(net, recipe, dev)
 

@@ -135,6 +135,7 @@ def test_defaults_change_nothing_on_cpu():
     speed = SpeedConfig()
     assert not use_fused(speed, CPU) and sync_every_step(speed, CPU)
     assert loader_options(speed, CPU, 0) == {"pin_memory": False}
+    assert loader_options(SpeedConfig(pin_memory=True), CPU, 0) == {"pin_memory": False}  # nothing to copy to
     assert use_fused(speed, torch.device("cuda")) and not sync_every_step(speed, torch.device("cuda"))
     assert loader_options(SpeedConfig(prefetch_factor=4, persistent_workers=True), CPU, 2) == {
         "pin_memory": False,

@@ -33,7 +33,7 @@ class SpeedConfig:
     drop_unpadded_mask: bool = False  # no attention mask for a batch without padded text (checked on host)
     host_sync: str | None = None  # "step": loss .item() and finite check each step; "log": every log_every
     activation_checkpointing: bool = False  # recompute encoder blocks in backward (memory for time)
-    pin_memory: bool | None = None  # auto = on CUDA
+    pin_memory: bool | None = None  # auto = on CUDA; never on CPU (nothing to copy to)
     prefetch_factor: int | None = None  # batches each worker loads ahead (needs num_workers > 0)
     persistent_workers: bool = False  # keep workers between the epoch's iterations (needs num_workers > 0)
 
@@ -62,7 +62,8 @@ def sync_every_step(speed: SpeedConfig, device: torch.device) -> bool:
 
 def loader_options(speed: SpeedConfig, device: torch.device, num_workers: int) -> dict[str, Any]:
     """DataLoader keyword arguments for the speed switches (prefetch/persistence only with workers)."""
-    opts: dict[str, Any] = {"pin_memory": device.type == "cuda" if speed.pin_memory is None else speed.pin_memory}
+    pin = device.type == "cuda" and speed.pin_memory is not False  # pinning needs a device to copy to
+    opts: dict[str, Any] = {"pin_memory": pin}
     if num_workers > 0:
         opts["persistent_workers"] = speed.persistent_workers
         if speed.prefetch_factor is not None:

@@ -47,6 +47,7 @@ SWITCHES = {  # each alone, over BEFORE
     "compile_loss": ["compile_loss=true"],
     "activation_checkpointing": ["activation_checkpointing=true"],
 }
+WITH_BASELINE = {"train-before", "train-defaults", "train-all", "infer-eager", "infer-compiled"}  # plain loop too
 ALL_ON = ["fused_adamw=true", "host_sync=log", "pin_memory=true", "channels_last=true", "drop_unpadded_mask=true",
           "compile=true", "compile_loss=true"]  # fmt: skip
 
@@ -97,6 +98,7 @@ class Session:
         """One `risbench bench` measurement, written as OUT/<name>/bench.{json,md}."""
         if any(s.startswith("compile") for s in speed):
             speed = speed + self.compile_extra
+        kw.setdefault("baseline", name in WITH_BASELINE)
         r = benchmark_step(
             self.model, self.sets, batch_size=self.batch, amp="auto", mode=mode, device=str(self.dev),
             steps=self.steps, warmup=self.warmup, speed=speed, macs=self.macs, **kw,

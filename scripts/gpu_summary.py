@@ -33,10 +33,11 @@ def step_table(results: dict[str, dict | None], prefix: str, reference: str | No
         speedup = ref["s_per_step_median"] / r["s_per_step_median"] if ref else None
         md.append(
             f"| {name.removeprefix(prefix)} | {1000 * r['s_per_step_median']:.1f} | {r['images_per_s']:.1f} | "
-            f"{r['achieved_tflop_per_s']:.1f} | {_pct(r.get('mfu_measured'))} | {_pct(r.get('mfu_nominal'))} | "
+            f"{r['achieved_tflop_per_s']:.3g} | {_pct(r.get('mfu_measured'))} | {_pct(r.get('mfu_nominal'))} | "
             + ("" if speedup is None else f"{speedup:.2f}") + " | "
             + " | ".join(_pct(share.get(p)) for p in ("data", "forward", "backward", "optimizer"))
-            + f" | {r.get('harness_overhead_pct', 0):+.1f}% | {r.get('peak_memory_gib', 0):.2f} |"
+            + " | " + ("" if "harness_overhead_pct" not in r else f"{r['harness_overhead_pct']:+.1f}%")
+            + f" | {r.get('peak_memory_gib', 0):.2f} |"
         )
     return md
 

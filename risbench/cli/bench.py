@@ -50,7 +50,7 @@ def cells(r: dict) -> tuple[str, ...]:
         str(r["input"]["batch_size"]),
         f"{r['s_per_step_median'] * 1000:.1f}",
         f"{r['images_per_s']:.1f}",
-        f"{r['achieved_gflop_per_s'] / 1000:.3f}",
+        f"{r['achieved_gflop_per_s'] / 1000:.3g}",
         _pct(r.get("mfu_measured")),
         _pct(r.get("mfu_nominal")),
         *(_pct(share.get(p)) for p in ("data", "forward", "backward", "optimizer")),

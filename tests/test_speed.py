@@ -188,3 +188,37 @@ def test_inductor_compiled_and_eager_give_the_same_loss(eager):
     torch._dynamo.reset()
     compiled = two_steps({"compile": True, "compile_loss": True}, padded=True)
     assert compiled == pytest.approx(eager[True], rel=RTOL)
+
+
+def test_deferred_finite_check_names_the_window():
+    """host_sync log: a NaN in any step of the window stops the run at the window's log line (or at a step
+    that may checkpoint), naming the steps; host_sync step leaves the check to the step itself."""
+    from types import SimpleNamespace
+
+    from risbench.errors import RisbenchError
+    from risbench.train.distributed import DistInfo
+    from risbench.train.hooks import LoggingHook
+
+    def loop(host_sync, **train):
+        cfg = SimpleNamespace(train=to_dataclass(TrainConfig, {"log_every": 4, "speed": {"host_sync": host_sync},
+                                                               **train}, "test"))  # fmt: skip
+        info = DistInfo(rank=0, world_size=1, local_rank=0, device=CPU)
+        return SimpleNamespace(cfg=cfg, info=info, state=SimpleNamespace(step=0, train_seconds=0.0), terms={},
+                               step_seconds=0.1, last_step=False, epoch_end=False, batch_epoch=0, lr=1e-3,
+                               write_log=lambda entry: None, record=None)  # fmt: skip
+
+    def run(lp, losses):
+        hook = LoggingHook()
+        hook.loop = lp
+        for value in losses:
+            lp.state.step += 1
+            lp.loss = torch.tensor(value)
+            hook.after_step()
+        return lp
+
+    assert run(loop("log"), [1.0, 2.0, 3.0, 4.0]).record["loss"] == 2.5
+    with pytest.raises(RisbenchError, match=r"loss is nan in steps 1-4; lower train.lr"):
+        run(loop("log"), [1.0, float("nan"), 3.0, 4.0])
+    with pytest.raises(RisbenchError, match=r"loss is inf in steps 1-2"):
+        run(loop("log", ckpt_every=2), [1.0, float("inf")])  # a checkpoint step checks before it saves
+    assert run(loop("step"), [1.0, 2.0, 3.0]).record is None  # no log line yet, no check: the step checks

@@ -37,7 +37,7 @@ def step_table(results: dict[str, dict | None], prefix: str, reference: str | No
             + ("" if speedup is None else f"{speedup:.2f}") + " | "
             + " | ".join(_pct(share.get(p)) for p in ("data", "forward", "backward", "optimizer"))
             + " | " + ("" if "harness_overhead_pct" not in r else f"{r['harness_overhead_pct']:+.1f}%")
-            + f" | {r.get('peak_memory_gib', 0):.2f} |"
+            + " | " + (f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "") + " |"
         )
     return md
 
@@ -55,7 +55,7 @@ def write_summary(out: Path, results: dict[str, dict | None], status: dict[str, 
     if peak:
         nom = peak["nominal"]
         md.append(
-            f"- peak: measured {peak['measured']['tflops']:.1f} TFLOP/s ({peak['measured']['dtype']} "
+            f"- peak: measured {peak['measured']['tflops']:.3g} TFLOP/s ({peak['measured']['dtype']} "
             f"{peak['measured']['gemm']} GEMM)" + (f"; nominal {nom['tflops']:.0f} ({nom['model']})" if nom else "")
         )
     md += ["", "## Train step (each switch alone over 'before')", ""]
@@ -69,8 +69,10 @@ def write_summary(out: Path, results: dict[str, dict | None], status: dict[str, 
                f"ms/step, MFU {_pct(r.get('mfu_measured'))} of the measured peak (auto defaults)"]  # fmt: skip
     loader = _read(out / "loader.json")
     if loader:
-        md += ["", "## Data loading", "", f"fastest measured train step: {loader['fastest_step_images_per_s']} "
-               "images/s", "", "| data | workers | images/s | ms/image | loader / fastest step |",
+        fastest = loader["fastest_step_images_per_s"]
+        step = "none" if fastest is None else f"{fastest:.1f}"
+        md += ["", "## Data loading", "", f"fastest measured train step: {step} images/s", "",
+               "| data | workers | images/s | ms/image | loader / fastest step |",
                "|---|---:|---:|---:|---:|"]  # fmt: skip
         for row in loader["rows"]:
             ratio = "" if row["loader_over_step"] is None else f"{row['loader_over_step']:.2f}"

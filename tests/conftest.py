@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +86,15 @@ def trained(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return tmp / "run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def peak_cache_in_tmp(tmp_path_factory):
+    """`risbench bench` caches the device's GEMM peak in the user's cache folder; the tests keep theirs in tmp."""
+    before = os.environ.get("RISBENCH_PEAK_CACHE")
+    os.environ["RISBENCH_PEAK_CACHE"] = str(tmp_path_factory.mktemp("peak") / "peak.json")
+    yield
+    if before is None:
+        os.environ.pop("RISBENCH_PEAK_CACHE", None)
+    else:
+        os.environ["RISBENCH_PEAK_CACHE"] = before

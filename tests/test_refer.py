@@ -229,6 +229,27 @@ def test_synthref_export_reads_back_identically(tmp_path):
     assert main(["data", "check", "--dataset", str(tmp_path / "synthref-refcocog.yaml")]) == 0
 
 
+def test_synthref_export_as_jpeg_reads_back(tmp_path, capsys):
+    """`risbench data synth --image-format jpeg`: REFER-layout JPEGs (for timing their decoding), the same
+    refs and masks, the pixels within JPEG's loss."""
+    from risbench.data.export import export_refer
+    from risbench.data.synthref import SynthRefConfig
+
+    synth = {"name": "synthref", "num_train": 4, "num_val": 2, "num_test": 2, "seed": 5}
+    cfg = SynthRefConfig(**{k: v for k, v in synth.items() if k != "name"})
+    data_cfg = export_refer(cfg, tmp_path, image_format="jpeg")
+    files = sorted((tmp_path / "images" / "synthref-refcoco").iterdir())
+    assert files and all(f.suffix == ".jpg" and f.read_bytes()[:2] == b"\xff\xd8" for f in files)
+    a, b = build_dataset(synth, "val", train=False, **KW), build_dataset(data_cfg, "val", train=False, **KW)
+    assert len(a) == len(b) > 0
+    for i in range(len(a)):
+        assert a[i]["text"] == b[i]["text"] and np.array_equal(a[i]["mask"].numpy(), b[i]["mask"].numpy())
+        assert not np.array_equal(a[i]["image"].numpy(), b[i]["image"].numpy())  # lossy
+        assert np.abs(a[i]["image"].numpy() - b[i]["image"].numpy()).mean() < 0.2  # normalised units
+    code, err = _cli_error(capsys, ["data", "synth", "--out", str(tmp_path / "x"), "--image-format", "webp"])
+    assert code == 2 and "--image-format: expected png or jpeg, got 'webp'" in err
+
+
 def _cli_error(capsys, args):
     code = main(args)
     err = capsys.readouterr().err.strip()

@@ -38,13 +38,16 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(None, "--seed"),
         negative_fraction: float = typer.Option(None, "--negative-fraction", help="robust setting: negatives"),
         image_size: int = typer.Option(None, "--image-size"),
+        image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpeg (quality 90)"),
     ) -> None:
-        """Export SynthRef to disk in the REFER layout (PNG images, refs(unc).p, instances.json with RLE)."""
+        """Export SynthRef to disk in the REFER layout (PNG or JPEG images, refs(unc).p, instances.json with RLE)."""
         from risbench.data.build import dataset_class_and_config
         from risbench.data.export import export_refer
 
         if fmt != "refer":
             raise RisbenchError(f"--format: only 'refer' is supported, got '{fmt}'")
+        if image_format not in ("png", "jpeg"):
+            raise RisbenchError(f"--image-format: expected png or jpeg, got '{image_format}'")
         options = {
             "num_train": num_train,
             "num_val": num_val,
@@ -56,7 +59,7 @@ def register(app: typer.Typer) -> None:
         for fl in flavour:
             overrides = {k: v for k, v in options.items() if v is not None}
             _, cfg = dataset_class_and_config({"preset": "synthref-refcoco", "flavour": fl, **overrides})
-            data_cfg = export_refer(cfg, out)
+            data_cfg = export_refer(cfg, out, image_format=image_format)
             typer.echo(
                 f"wrote {out}/{data_cfg['dataset']} ({cfg.num_train}/{cfg.num_val}/{cfg.num_test} scenes); "
                 f"read it back with data: {out / (data_cfg['dataset'] + '.yaml')}"

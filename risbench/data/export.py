@@ -2,7 +2,9 @@
 
 OUT/synthref-<flavour>/refs(unc).p      refs of every split (train / val / test)
 OUT/synthref-<flavour>/instances.json   every object of every scene, segmentation as compressed RLE
-OUT/images/synthref-<flavour>/*.png     PNG (lossless: the masks stay exact against the pixels)
+OUT/images/synthref-<flavour>/*.png     PNG (lossless: the masks stay exact against the pixels), or *.jpg
+                                        with image_format "jpeg" (quality 90, as COCO's photos: for timing
+                                        JPEG decoding; the masks come from the scene, not the pixels)
 OUT/synthref-<flavour>.yaml             the `data:` config that reads this copy back
 """
 
@@ -20,9 +22,14 @@ from risbench.data.synthref import SPLITS, SceneSource, SynthRefConfig, split_si
 from risbench.data.synthref_render import render
 from risbench.data.synthref_scene import SHAPES
 
+IMAGE_FORMATS = ("png", "jpeg")
 
-def export_refer(cfg: SynthRefConfig, out: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
-    """Write the REFER copy of SynthRef `cfg` under `out`; returns the data config that reads it back."""
+
+def export_refer(
+    cfg: SynthRefConfig, out: str | Path, splits: tuple[str, ...] = SPLITS, image_format: str = "png"
+) -> dict[str, Any]:
+    """Write the REFER copy of SynthRef `cfg` under `out` (images as `image_format`: png or jpeg); returns the
+    data config that reads it back."""
     from PIL import Image
     from pycocotools import mask as mask_utils
 
@@ -39,8 +46,11 @@ def export_refer(cfg: SynthRefConfig, out: str | Path, splits: tuple[str, ...] =
             scene = source.scene(index)
             image, labels = render(scene, cfg.image_size)
             image_id = source.image_id(index)
-            file_name = f"{split}_{index:08d}.png"
-            Image.fromarray(image).save(image_folder / file_name, compress_level=1)
+            file_name = f"{split}_{index:08d}.{'jpg' if image_format == 'jpeg' else 'png'}"
+            if image_format == "jpeg":
+                Image.fromarray(image).save(image_folder / file_name, quality=90)
+            else:
+                Image.fromarray(image).save(image_folder / file_name, compress_level=1)
             h, w = labels.shape
             images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
             for k, obj in enumerate(scene.objects):

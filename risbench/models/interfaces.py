@@ -13,6 +13,8 @@ with a message that names both sides. Vocabulary:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -216,8 +218,26 @@ def map_to_tokens(fmap: Tensor) -> Tensor:
     return fmap.flatten(2).transpose(1, 2)
 
 
-def attention_mask_from_padding(pad_mask: Tensor, num_prefix: int) -> Tensor:
-    """Key mask for SDPA over [prefix tokens (never masked); text tokens]: (B, 1, 1, N) bool, True = attend."""
+_UNPADDED = [False]
+
+
+@contextlib.contextmanager
+def unpadded_text(active: bool = True) -> Iterator[None]:
+    """Within (when `active`): the caller has checked on the host that no text token of the batch is padding,
+    so `attention_mask_from_padding` returns None and SDPA may take its flash kernel (no mask)."""
+    prev = _UNPADDED[0]
+    _UNPADDED[0] = active
+    try:
+        yield
+    finally:
+        _UNPADDED[0] = prev
+
+
+def attention_mask_from_padding(pad_mask: Tensor, num_prefix: int) -> Tensor | None:
+    """Key mask for SDPA over [prefix tokens (never masked); text tokens]: (B, 1, 1, N) bool, True = attend;
+    None inside `unpadded_text()` (every key is attended: the same attention without a mask)."""
+    if _UNPADDED[0]:
+        return None
     keep_prefix = torch.ones(pad_mask.shape[0], num_prefix, dtype=torch.bool, device=pad_mask.device)
     return torch.cat([keep_prefix, ~pad_mask], dim=1)[:, None, None, :]
 

@@ -22,6 +22,7 @@ from risbench.config import to_dataclass, to_dict
 from risbench.data.build import dataset_class_and_config, resolve_data_config
 from risbench.registry import LOSSES
 from risbench.spec import apply_overrides, resolve_model
+from risbench.train.speed import SpeedConfig
 
 SCHEDULES = ("cosine", "linear", "constant", "poly")  # progress-driven (pretraining's too)
 RUN_SCHEDULES = (*SCHEDULES, "step")  # step: x gamma at each epoch in `milestones` (MultiStepLR)
@@ -36,6 +37,7 @@ VOLATILE_KEYS = (
     ("train", "log_every"),
     ("train", "nproc_per_node"),
     ("train", "threads"),
+    ("train", "speed"),  # how a step runs (risbench/train/speed.py), not what it computes
     ("description",),
 )
 # Recipe keys added after runs were made: left out of the comparison (and so of run hashes) while they hold
@@ -102,6 +104,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process; null = torch's default
     # processes (GPUs) the recipe was written for; informational (launch lines), batch_size stays global
     nproc_per_node: int | None = None
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # speed switches (risbench/train/speed.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):

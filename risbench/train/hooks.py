@@ -6,12 +6,15 @@ optimizer step and after the last one; a hook reads and writes the loop's attrib
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from risbench.errors import RisbenchError
 from risbench.train.distributed import all_reduce_mean
 from risbench.train.evaluate import evaluate_dataset
 from risbench.train.progress import Progress, use_quiet
+from risbench.train.speed import sync_every_step
 
 if TYPE_CHECKING:
     from risbench.train.trainer import TrainLoop
@@ -34,10 +37,15 @@ class HookBase:
 
 class LoggingHook(HookBase):
     """Every `train.log_every` steps (and at the last): mean losses, LR and throughput to train_log.jsonl.
-    Sets `loop.record` to the line written, or None."""
+    Sets `loop.record` to the line written, or None.
+
+    The window's losses are summed on the device (in float64: the same sums as Python floats of the
+    per-step values), so a step does not wait for its loss to reach the host. When the step itself does not
+    check that the loss is finite (`train.speed.host_sync: log`), the window's sum is checked here, at every
+    log line and before any checkpoint (a NaN or inf in any step of the window makes the sum non-finite)."""
 
     def __init__(self) -> None:
-        self.window: dict[str, float] = {}
+        self.window: dict[str, Any] = {}
         self.steps, self.seconds = 0, 0.0
 
     def after_step(self) -> None:
@@ -45,12 +53,19 @@ class LoggingHook(HookBase):
         state, tcfg = loop.state, loop.cfg.train
         self.seconds += loop.step_seconds
         self.steps += 1
-        self.window["loss"] = self.window.get("loss", 0.0) + float(loop.loss.detach())
+        self._add("loss", loop.loss)
         for k, v in loop.terms.items():
-            self.window[f"loss_{k}"] = self.window.get(f"loss_{k}", 0.0) + float(v.detach())
+            self._add(f"loss_{k}", v)
         loop.record = None
-        if state.step % max(1, tcfg.log_every) == 0 or loop.last_step:
-            means = all_reduce_mean({k: v / self.steps for k, v in self.window.items()}, loop.info)
+        log_now = state.step % max(1, tcfg.log_every) == 0 or loop.last_step
+        if not sync_every_step(tcfg.speed, loop.info.device) and (log_now or self._saves_now()):
+            total = float(self.window["loss"])
+            if not math.isfinite(total):
+                first = state.step - self.steps + 1
+                raise RisbenchError(f"loss is {total} in steps {first}-{state.step}; lower train.lr?")
+        if log_now:
+            window = {k: float(v) for k, v in self.window.items()}
+            means = all_reduce_mean({k: v / self.steps for k, v in window.items()}, loop.info)
             record: dict[str, Any] = {
                 "step": state.step,
                 "epoch": loop.batch_epoch,
@@ -63,6 +78,17 @@ class LoggingHook(HookBase):
             loop.write_log(record)
             loop.record = record
             self.window, self.steps, self.seconds = {}, 0, 0.0
+
+    def _add(self, key: str, value: Any) -> None:
+        value = value.detach().double()
+        self.window[key] = value if key not in self.window else self.window[key] + value
+
+    def _saves_now(self) -> bool:
+        """Whether a hook may write a checkpoint after this step (validation, epoch end, ckpt_every)."""
+        loop, tcfg = self.loop, self.loop.cfg.train
+        step = loop.state.step
+        every = [e for e in (tcfg.ckpt_every, tcfg.val_every) if e]
+        return loop.epoch_end or any(step % e == 0 for e in every)
 
 
 class ProgressHook(HookBase):

@@ -10,15 +10,18 @@ run is reproducible in its metrics only up to timing; step-budgeted runs are exa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from risbench.models.interfaces import unpadded_text
 from risbench.train.config import TrainConfig
 from risbench.train.evaluate import autocast_context
 from risbench.train.losses import resize_target
 from risbench.train.robust_loss import existence_term, mask_loss_terms
+from risbench.train.speed import use_fused
 
 
 def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = None) -> list[dict[str, Any]]:
@@ -36,11 +39,16 @@ def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) over `param_groups`; the model's `no_weight_decay()` names are excluded from decay."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW (or Adam) over `param_groups`; the model's `no_weight_decay()` names are excluded from decay.
+    With `device`, `cfg.speed.fused_adamw` (auto: on CUDA) picks torch's fused kernel."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     cls = torch.optim.Adam if getattr(cfg, "optimizer", "adamw") == "adam" else torch.optim.AdamW
-    return cls(param_groups(model, cfg.weight_decay, skip), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    extra = {}
+    speed = getattr(cfg, "speed", None)
+    if device is not None and speed is not None and use_fused(speed, device):
+        extra["fused"] = True
+    return cls(param_groups(model, cfg.weight_decay, skip), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
 
 
 class LRSchedule:
@@ -100,6 +108,10 @@ class NonFiniteLoss(ArithmeticError):
         self.value = value
 
 
+def _no_mark(phase: str) -> None:
+    return None
+
+
 def optimization_step(
     model: nn.Module,
     decoder: nn.Module,
@@ -112,29 +124,45 @@ def optimization_step(
     clip_grad: float | None,
     negative_weight: float = 1.0,
     existence_weight: float = 1.0,
+    check_finite: bool = True,
+    drop_unpadded_mask: bool = False,
+    mark: Callable[[str], None] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One step of the recipe on `batch` (image, text_ids, text_pad_mask, mask, exists): forward under the
     run's autocast, the loss (negatives weighted by `negative_weight`) plus the decoder's auxiliary terms at
-    the logits' resolution, plus `existence_weight` x the existence BCE ("exist") when the model has an
-    existence head, backward, gradient clipping, optimizer step. Returns the loss and its terms; a
-    non-finite loss raises before the update."""
+    the logits' resolution (the target resized on the device), plus `existence_weight` x the existence BCE
+    ("exist") when the model has an existence head, backward, gradient clipping, optimizer step. Returns the
+    loss and its terms.
+
+    `check_finite`: a non-finite loss raises before the update (a host sync; off, the caller checks later).
+    `drop_unpadded_mask`: when the batch's padding mask is on the host and pads nothing, attention runs
+    without a mask (`unpadded_text`). `mark(phase)` is called after 'data' (tensors on the device),
+    'forward' (the loss), 'backward' and 'optimizer' (clipping and the update), for `risbench bench`."""
+    mark = mark or _no_mark
+    host_pad = batch["text_pad_mask"]
+    unpadded = drop_unpadded_mask and host_pad.device.type == "cpu" and not bool(host_pad.any())
     image = batch["image"].to(device, non_blocking=True)
     ids = batch["text_ids"].to(device, non_blocking=True)
-    pad = batch["text_pad_mask"].to(device, non_blocking=True)
-    with autocast_context(device, amp):
+    pad = host_pad.to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    mark("data")
+    with autocast_context(device, amp), unpadded_text(unpadded):
         out = model(image, ids, pad)
     logits = out.logits.float()
-    target = resize_target(batch["mask"].to(device), tuple(logits.shape[-2:]))
+    target = resize_target(mask, tuple(logits.shape[-2:]))
     terms = mask_loss_terms(loss_fn, logits, target, batch, negative_weight)
     terms.update(decoder.extra_losses(out, target, batch))
     if out.exist_logits is not None:
         terms["exist"] = existence_term(out.exist_logits, batch["exists"], existence_weight)
     loss = sum(terms.values())
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise NonFiniteLoss(float(loss.item()))
+    mark("forward")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    mark("backward")
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
+    mark("optimizer")
     return loss, terms

@@ -34,6 +34,7 @@ from risbench.train.losses import build_loss
 from risbench.train.optim import LRSchedule, NonFiniteLoss, build_optimizer, optimization_step
 from risbench.train.progress import Progress, truncate_log
 from risbench.train.signals import StopRequest, TrainingInterrupted, stop_on_signals
+from risbench.train.speed import compile_loss, compile_step_model, loader_options, prepare_model, sync_every_step
 
 CHECKPOINT_VERSION = 1
 
@@ -53,7 +54,8 @@ class TrainState:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    """The model inside torch.compile's and DistributedDataParallel's wrappers (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -89,8 +91,9 @@ def train(
     if cfg.eval.val_split:
         val_ds = build_split(comp, cfg.eval.val_split, train=False, seed=cfg.seed)
 
-    loss_fn = build_loss(tcfg.loss.name, tcfg.loss.options)
-    optimizer = build_optimizer(model, tcfg)
+    loss_fn = compile_loss(build_loss(tcfg.loss.name, tcfg.loss.options), tcfg.speed)
+    prepare_model(model, tcfg.speed)
+    optimizer = build_optimizer(model, tcfg, info.device)
     schedule = LRSchedule(tcfg, total_steps, steps_per_epoch)
     state = TrainState()
 
@@ -115,7 +118,7 @@ def train(
         resolved=resolved,
         info=info,
         comp=comp,
-        model=wrap_ddp(model, tcfg, info),
+        model=compile_step_model(wrap_ddp(model, tcfg, info), tcfg.speed),
         loss_fn=loss_fn,
         optimizer=optimizer,
         schedule=schedule,
@@ -251,7 +254,7 @@ class TrainLoop:
             num_workers=cfg.train.num_workers,
             collate_fn=self.comp.collator,
             generator=gen,
-            pin_memory=info.device.type == "cuda",
+            **loader_options(cfg.train.speed, info.device, cfg.train.num_workers),
         )
         self.t_last = time.perf_counter()
         return loader
@@ -273,6 +276,8 @@ class TrainLoop:
                 clip_grad=tcfg.clip_grad,
                 negative_weight=tcfg.loss.negative_weight,
                 existence_weight=tcfg.loss.existence_weight,
+                check_finite=sync_every_step(tcfg.speed, self.info.device),
+                drop_unpadded_mask=tcfg.speed.drop_unpadded_mask,
             )
         except NonFiniteLoss as exc:
             raise RisbenchError(f"loss is {exc.value} at step {state.step + 1}; lower train.lr?") from None

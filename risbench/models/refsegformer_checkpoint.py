@@ -12,7 +12,8 @@ Decoder keys (`segmentation.` off):
 - both builds register the cross-attention decoder: `cross_attns.K.fc_{q,k,v,o}` -> `cross_attns.K.{q,k,v,out}_proj`,
   `norms.K` (BatchNorm1d; BatchNorm2d here, the same keys), `mask_convs.K`, `projects.K.{conv,norm}{1,2}`;
 - `--use_pixel_decoder` adds `pixel_decoder.*` (mmcv names, the same as ours) and `mask_conv`. The cross-attention
-  modules above are then registered but never called: `refsegformer_pixel` drops them (UNUSED_IN_PIXEL_BUILD).
+  modules above are then registered but never called: `refsegformer_pixel` drops them (UNUSED_IN_PIXEL_BUILD),
+  or holds them with `release_unused_params: true`.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def split_parts(sd: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     return parts
 
 
-def convert_decoder(sd: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
-    """Official decoder keys (`segmentation.` off, existence head excluded) -> our `refsegformer_<kind>` keys."""
+def convert_decoder(sd: dict[str, Tensor], kind: str, keep_unused: bool = False) -> dict[str, Tensor]:
+    """Official decoder keys (`segmentation.` off, existence head excluded) -> our `refsegformer_<kind>` keys;
+    `keep_unused`: keep the pixel build's never-called cross-attention modules (release_unused_params)."""
     if kind not in ("pixel", "xattn"):
         raise RisbenchError(f"refsegformer checkpoint: decoder kind must be 'pixel' or 'xattn', got '{kind}'")
     out: dict[str, Tensor] = {}
@@ -85,7 +87,7 @@ def convert_decoder(sd: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
         elif key.startswith("mask_conv."):
             out[key] = value
         elif UNUSED_IN_PIXEL_BUILD.match(key):
-            if kind == "xattn":
+            if kind == "xattn" or keep_unused:
                 m = re.fullmatch(r"cross_attns\.(\d+)\.(fc_[qkvo])\.(weight|bias)", key)
                 out[f"cross_attns.{m[1]}.{_ATTN[m[2]]}.{m[3]}" if m else key] = value
         else:
@@ -95,7 +97,7 @@ def convert_decoder(sd: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
 
 def _decoder_part(sd: dict[str, Tensor], module: nn.Module) -> dict[str, Tensor]:
     kind = "pixel" if hasattr(module, "mask_conv") else "xattn"
-    return convert_decoder(sd, kind)
+    return convert_decoder(sd, kind, keep_unused=kind == "pixel" and hasattr(module, "cross_attns"))
 
 
 # part -> converter(official keys of the part, our module) -> our keys; text / vision / exist_head come later

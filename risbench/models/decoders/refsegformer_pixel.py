@@ -69,6 +69,9 @@ class RefSegformerPixelConfig:
     ffn_dim: int = 1024
     dropout: float = 0.0
     num_groups: int = 32  # GroupNorm groups
+    # also register the cross-attention decoder's modules that the released pixel build holds but never calls
+    # (17.9M at Swin-B widths), to count parameters as the released code does
+    release_unused_params: bool = False
 
 
 @DECODERS.register("refsegformer_pixel", config=RefSegformerPixelConfig)
@@ -84,6 +87,7 @@ class RefSegformerPixelDecoder(Decoder):
     ReLU -> Conv1x1 (`mask_feature`) -> `mask_conv` (2 classes). Logits at the finest level's stride (1/4).
     No auxiliary masks: the official loss's `--use_mask` terms only exist for the cross-attention decoder.
     `aux["exist_query"]`: the (B, D, H/4, W/4) mask feature, the existence head's query in the official code.
+    `release_unused_params`: the released build also holds the cross-attention decoder's modules, never called.
     """
 
     requires = frozenset({"pyramid"})
@@ -119,6 +123,13 @@ class RefSegformerPixelDecoder(Decoder):
         self.mask_feature = nn.Conv2d(cfg.dim, cfg.dim, 1)
         self.mask_conv = TwoClassConv(cfg.dim)
         self._init_weights()
+        if cfg.release_unused_params:
+            from risbench.models.decoders.refsegformer_xattn import RefSegformerXattnConfig, RefSegformerXattnDecoder
+
+            heads = (1,) * len(dims)  # the head count changes no parameter
+            unused = RefSegformerXattnDecoder(RefSegformerXattnConfig(num_heads=heads), in_spec, enc_spec)
+            for name in ("cross_attns", "norms", "mask_convs", "projects"):
+                setattr(self, name, getattr(unused, name))
 
     def _init_weights(self) -> None:
         """The init the released code gets: its MSDeformAttnPixelDecoder's `init_weights` is never called, so each

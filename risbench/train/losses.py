@@ -128,3 +128,7 @@ def build_loss(name: str, options: dict | None = None) -> nn.Module:
     """The registered loss `name` built with its options (validated against its config dataclass)."""
     cfg = LOSSES.make_config(name, dict(options or {}), "train.loss")
     return LOSSES.get(name).obj(cfg)
+
+
+# losses with a file of their own register on import (the LOSSES registry loads this module)
+from risbench.train import losses_refsegformer  # noqa: E402, F401

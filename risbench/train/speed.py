@@ -1,6 +1,6 @@
 """Speed switches of the training step (`train.speed`): how a step runs, never what it computes.
 
-Each switch is `null` (auto: its default for the device, docs/decisions.md §NEW) or an explicit value.
+Each switch is `null` (auto: its default for the device, docs/decisions.md §17) or an explicit value.
 Auto turns on, on CUDA only, the switches that change no result (fused AdamW, no per-step host sync,
 pinned memory); the others are off until `scripts/gpu_bench.py` measures each alone on a GPU. On CPU every
 auto switch is off, so CPU results are the same with or without this section. The section is left out of

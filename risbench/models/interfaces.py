@@ -9,6 +9,7 @@ with a message that names both sides. Vocabulary:
   text_tokens    per-word text features travel with the output
   pyramid        (FPN output) a multi-scale list of fused maps travels with the output
   sentence       a sentence vector (B, sentence_dim) travels with the output (CLIP's projected EOT feature)
+  stage_memory   (encoder output) `memory` holds a stage fusion's sentence tokens (VLTF's [blank; memory])
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class EncoderFeatures:
     visual: (B, C_k, H_k, W_k) per stage (patch grid only, no CLS);
     text: (B, L, C_t) per stage (a dual encoder repeats its final text states);
     text_pad_mask: (B, L) bool, True on padding; visual_cls: (B, C_k) per stage, or None;
-    sentence: (B, S) sentence vector (trait "sentence"), or None.
+    sentence: (B, S) sentence vector (trait "sentence"), or None;
+    memory: per stage, the tokens a stage fusion made from the sentence (B, M, C_k) or None (trait
+    "stage_memory": RefSegformer's VLTF [blank; memory] tokens), or None without a stage fusion.
     """
 
     visual: list[Tensor]
@@ -46,6 +49,7 @@ class EncoderFeatures:
     text_pad_mask: Tensor
     visual_cls: list[Tensor] | None = None
     sentence: Tensor | None = None
+    memory: list[Tensor | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -291,3 +291,16 @@ def test_vltf_blank_tokens_take_the_attention_of_an_unrelated_sentence():
         mem = blank.memories(related, pad)
         probs = blank.feature_fuse.probs(blank.pixel_queries(x), mem)[0, 0]
     assert probs[:, 3:].sum(-1).min() > 0.5
+
+
+def test_freeze_globs_keep_refsegformers_untrained_bert_parts_frozen():
+    globs = ("text_encoder.embeddings.*", "text_encoder.encoder.layer.1.*")  # tiny BERT: 2 layers
+    enc = tiny({"name": "vltf"}, freeze=globs)
+    frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
+    text = {n for n in frozen if n.startswith("text_encoder.")}
+    assert text and all(n.startswith(("text_encoder.embeddings.", "text_encoder.encoder.layer.1.")) for n in text)
+    assert not any(n.startswith("text_encoder.encoder.layer.0.") for n in frozen)
+    # besides them only VLTF's never-run vision->language attention, frozen by construction
+    assert frozen - text == {n for n, _ in enc.named_parameters() if ".vision_lan_fuse." in n}
+    with pytest.raises(RisbenchError, match="matches no parameter"):
+        tiny(freeze=("bert.*",))

@@ -8,6 +8,7 @@ and a local BERT directory (config.json + pytorch_model.bin / model.safetensors,
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,9 @@ class SwinBertConfig:
     # null = none (Swin sees only the image, any fusion runs after the encoder)
     stage_fusion: dict[str, Any] | None = None
     out_norm: bool = True  # a LayerNorm per returned stage (LAVT / DMMI's norm{i}); RefSegformer has none
+    # parameter-name globs (relative to the encoder) kept frozen; RefSegformer's optimizer holds only BERT layers
+    # 0-9: [text_encoder.embeddings.*, text_encoder.encoder.layer.10.*, text_encoder.encoder.layer.11.*]
+    freeze: tuple[str, ...] = ()
 
 
 def _swin_dims(cfg: SwinBertConfig) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -225,6 +229,7 @@ class SwinBertEncoder(Encoder):
             self.stage_fusion = StageFusionHook(cfg.stage_fusion, infos)
             if any(getattr(m, "gives_memory", False) for m in self.stage_fusion.fusions.values()):
                 traits.add("stage_memory")
+        self._apply_freeze(cfg.freeze)
         self.out_spec = FeatureSpec(
             visual_dims=tuple(dims[s - 1] for s in self.out_indices),
             visual_strides=tuple(cfg.patch_size * 2 ** (s - 1) for s in self.out_indices),
@@ -243,6 +248,20 @@ class SwinBertEncoder(Encoder):
             self.weights = f"swin={cfg.swin_weights or 'random'},bert={cfg.bert_path or 'random'}"
 
     # -- construction helpers --------------------------------------------------------------------
+
+    def _apply_freeze(self, globs: tuple[str, ...]) -> None:
+        if not globs:
+            return
+        hit = [n for n, _ in self.named_parameters() if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not hit:
+            raise RisbenchError(
+                f"encoder swin_bert: freeze {list(globs)} matches no parameter (names look like "
+                "text_encoder.encoder.layer.10.output.dense.weight, swin.embeddings.patch_embeddings...)"
+            )
+        for name, p in self.named_parameters():
+            if name in hit:
+                p.requires_grad_(False)
+        logger.info("swin_bert: %d parameter tensors frozen by %s", len(hit), list(globs))
 
     @staticmethod
     def _build_bert(cfg: SwinBertConfig) -> tuple[nn.Module, dict]:

@@ -146,8 +146,10 @@ class DMMIFusionConfig:
 
 @STAGE_FUSIONS.register("dmmi", config=DMMIFusionConfig)
 class DMMIFusion(StageFusion):
-    """DMMI (ICCV'23): F, l' = InteractionPWAM(x, l); the next stage gets x + tanh(MLP(F)) * F and the words
-    l + GELU(W_l l'); the encoder returns F (normed by its per-stage LayerNorm, DMMI's norm{i}).
+    """DMMI's in-backbone interaction (ICCV'23): a bidirectional PWAM that fuses the stage and updates the words.
+
+    F, l' = InteractionPWAM(x, l); the next stage gets x + tanh(MLP(F)) * F and the words l + GELU(W_l l'); the
+    encoder returns F (normed by its per-stage LayerNorm, DMMI's norm{i}). Default stages: all.
 
     One head (DMMI's num_heads_fusion 1-1-1-1); key = value = the stage width; the words stay at the text width
     (768). Swin-B, 480 px, 20 words: 49.5M parameters over the four stages (the released code's count)."""

@@ -25,8 +25,10 @@ class PWAMFusionConfig:
 
 @STAGE_FUSIONS.register("pwam", config=PWAMFusionConfig)
 class PWAMFusion(StageFusion):
-    """LAVT: F = PWAM(x, words); the next stage gets x + tanh(MLP(F)) * F; the encoder returns F (normed by the
-    encoder's per-stage LayerNorm, LAVT's norm{i}); the words pass on unchanged (BERT's final states)."""
+    """LAVT's in-backbone PWAM + language gate: fuses the stage; the words pass on unchanged.
+
+    F = PWAM(x, words); the next stage gets x + tanh(MLP(F)) * F; the encoder returns F (normed by the encoder's
+    per-stage LayerNorm, LAVT's norm{i}); the words stay BERT's final states. Default stages: all."""
 
     tiny_options: ClassVar[dict[str, Any]] = {}
 

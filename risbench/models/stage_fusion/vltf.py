@@ -89,7 +89,9 @@ class VLTFConfig:
 
 @STAGE_FUSIONS.register("vltf", config=VLTFConfig)
 class VLTF(StageFusion):
-    """RefSegformer's VLTF: memory tokens read the words, blank tokens join them, and every pixel reads both.
+    """RefSegformer's VLTF: memory tokens read the words, blank tokens join them, every pixel reads both.
+
+    Default stages: 2-4 (no VLTF after stage 1).
 
     src = BN(W_in x); lan = W_l words (768 -> C); mem = Attn(memory tokens, lan) over the valid words;
     M = IN([blank; mem]) (normalised over the tokens, per channel); out = BN0(W_out IN(Attn(src, M))), where

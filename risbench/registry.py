@@ -120,6 +120,7 @@ OBJECTIVES = Registry("pretraining objective", "risbench.models.encoders")
 VISION_TOWERS = Registry("vision tower", "risbench.models.towers")
 TEXT_TOWERS = Registry("text tower", "risbench.models.towers")
 ADAPTERS = Registry("adapter", "risbench.models.adapters")
+STAGE_FUSIONS = Registry("stage fusion", "risbench.models.stage_fusion")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
@@ -133,6 +134,7 @@ REGISTRIES: dict[str, Registry] = {
     "vision_towers": VISION_TOWERS,
     "text_towers": TEXT_TOWERS,
     "adapters": ADAPTERS,
+    "stage_fusions": STAGE_FUSIONS,
 }
 
 

@@ -20,7 +20,7 @@ from risbench.registry import DECODERS, FPNS
 from risbench.train.losses import build_loss
 
 DIMS, STRIDES = (8, 16, 24, 32), (4, 8, 16, 32)
-MEMORY = frozenset({"multi_scale", "text_tokens", "fusion_memory"})
+MEMORY = frozenset({"multi_scale", "text_tokens", "stage_memory"})
 OFFICIAL_KEYS = Path(__file__).parent / "data" / "refsegformer_official_decoder_keys.json"
 
 
@@ -75,7 +75,8 @@ def test_msdeform_attn_init_points_spread_around_the_reference() -> None:
 
 
 def _build(name: str, traits=MEMORY, **options):
-    fpn = FPNS.get("stages").obj(FPNS.make_config("stages", {}, "fpn"), FeatureSpec(DIMS, STRIDES, 12, traits))
+    spec = FeatureSpec(DIMS, STRIDES, 12, traits)
+    fpn = FPNS.get("passthrough").obj(FPNS.make_config("passthrough", {}, "fpn"), spec)
     cls = DECODERS.get(name).obj
     cfg = DECODERS.make_config(name, {**cls.tiny_options, **options}, "decoder")
     return fpn, cls(cfg, fpn.out_spec, FeatureSpec(DIMS, STRIDES, 12, traits))
@@ -87,7 +88,7 @@ def _feats(seed: int = 0, size: int = 64) -> EncoderFeatures:
     mem = [None] + [torch.randn(2, 5, d, generator=g) for d in DIMS[1:]]
     pad = torch.zeros(2, 4, dtype=torch.bool)
     pad[1, 3] = True
-    return EncoderFeatures(maps, [torch.randn(2, 4, 12, generator=g)] * 4, pad, fusion_memory=mem)
+    return EncoderFeatures(maps, [torch.randn(2, 4, 12, generator=g)] * 4, pad, memory=mem)
 
 
 @pytest.mark.parametrize("name", ["refsegformer_pixel", "refsegformer_xattn"])
@@ -110,11 +111,11 @@ def test_decoders_forward_backward(name: str) -> None:
         assert not any(k.startswith("mask_") for k in dec(fpn(feats), feats).aux)
 
 
-def test_xattn_reads_the_fusion_memory_through_a_zero_initialised_norm() -> None:
+def test_xattn_reads_the_stage_memory_through_a_zero_initialised_norm() -> None:
     fpn, dec = _build("refsegformer_xattn")
     dec.eval()
     feats, other = _feats(0), _feats(0)
-    other.fusion_memory = [None] + [m + 1.0 for m in other.fusion_memory[1:]]
+    other.memory = [None] + [m + 1.0 for m in other.memory[1:]]
     with torch.no_grad():
         same = dec(fpn(feats), feats).logits, dec(fpn(other), other).logits
         torch.testing.assert_close(*same)  # BN weight 0: the attention starts switched off
@@ -128,7 +129,7 @@ def test_xattn_reads_the_fusion_memory_through_a_zero_initialised_norm() -> None
 
 
 def test_xattn_memory_source_fusion_needs_the_trait() -> None:
-    with pytest.raises(IncompatibleError, match="fusion_memory.*set memory_source: words"):
+    with pytest.raises(IncompatibleError, match="stage_memory.*set memory_source: words"):
         _build("refsegformer_xattn", traits=frozenset({"multi_scale", "text_tokens"}), memory_source="fusion")
     _, dec = _build("refsegformer_xattn", traits=frozenset({"multi_scale", "text_tokens"}))
     assert hasattr(dec, "word_proj")  # auto without the trait: the words

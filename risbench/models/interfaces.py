@@ -9,7 +9,7 @@ with a message that names both sides. Vocabulary:
   text_tokens    per-word text features travel with the output
   pyramid        (FPN output) a multi-scale list of fused maps travels with the output
   sentence       a sentence vector (B, sentence_dim) travels with the output (CLIP's projected EOT feature)
-  fusion_memory  (encoder) per stage, the language tokens an early-fusion module built (`EncoderFeatures.fusion_memory`)
+  stage_memory   (encoder output) `memory` holds a stage fusion's sentence tokens (VLTF's [blank; memory])
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class EncoderFeatures:
     text: (B, L, C_t) per stage (a dual encoder repeats its final text states);
     text_pad_mask: (B, L) bool, True on padding; visual_cls: (B, C_k) per stage, or None;
     sentence: (B, S) sentence vector (trait "sentence"), or None;
-    fusion_memory: per stage, (B, M, C_k) tokens of that stage's early-fusion module (RefSegformer's VLTF:
-    [blank; memory] tokens) or None for a stage without one (trait "fusion_memory"), or None.
+    memory: per stage, the tokens a stage fusion made from the sentence (B, M, C_k) or None (trait
+    "stage_memory": RefSegformer's VLTF [blank; memory] tokens), or None without a stage fusion.
     """
 
     visual: list[Tensor]
@@ -51,7 +51,7 @@ class EncoderFeatures:
     text_pad_mask: Tensor
     visual_cls: list[Tensor] | None = None
     sentence: Tensor | None = None
-    fusion_memory: list[Tensor | None] | None = None
+    memory: list[Tensor | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class RefSegformerXattnConfig:
 
     num_heads: tuple[int, ...] = (4, 8, 16, 32)  # per pyramid level (the Swin stage's; level 0 has no attention)
     n_fuse: int = 3  # levels 1..n_fuse get a cross-attention (args.n_fuse)
-    memory_source: str = "auto"  # fusion: the encoder's fusion_memory; words: the words; auto: fusion if present
+    memory_source: str = "auto"  # fusion: the encoder's stage-fusion memory; words: the words; auto: fusion if present
     use_mask: bool = True  # the auxiliary masks of levels 1..3 in the loss (--use_mask, as the README trains)
     aux_weight: float = 0.4  # args.aux_loss_weight
     neg_weight: float = 0.4  # args.neg_loss_weight, for the auxiliary masks (the registered loss has its own)
@@ -79,7 +79,7 @@ class RefSegformerXattnDecoder(Decoder):
     0 at init, so it starts as the identity; Swin's heads per stage); a mask conv (2 classes, returned as fg - bg)
     on x; then, above level 0, upsample x2 (bilinear, align_corners=True), concat level k-1 and MultiScaleProj to
     its width. Level 0's mask is the output (1/4); levels 1..3's are auxiliary (training only).
-    Memory: the encoder's `fusion_memory` (VLTF's [blank; memory] tokens, no key mask), or, on an encoder without
+    Memory: the encoder's `memory` (VLTF's [blank; memory] tokens, no key mask), or, on an encoder without
     early fusion (`memory_source: words`, or `auto` without the trait), the last words through a Linear to each
     level's width with padding masked (our extension; the released model always has VLTF memories).
     `aux["exist_query"]`: the level-1 map before its cross-attention, the existence head's query as released.
@@ -98,11 +98,11 @@ class RefSegformerXattnDecoder(Decoder):
                 f"n_fuse {cfg.n_fuse}, but the fpn gives {n} pyramid levels (widths {dims}): give one head count per "
                 f"level and n_fuse < {n}"
             )
-        has_memory = "fusion_memory" in enc_spec.traits
+        has_memory = "stage_memory" in enc_spec.traits
         if cfg.memory_source == "fusion" and not has_memory:
             raise IncompatibleError(
                 "incompatible components: decoder 'refsegformer_xattn' memory_source 'fusion' needs an encoder with "
-                f"early fusion (trait fusion_memory), but the encoder provides {sorted(enc_spec.traits)}; "
+                f"early fusion (trait stage_memory), but the encoder provides {sorted(enc_spec.traits)}; "
                 "set memory_source: words"
             )
         self.cfg = cfg
@@ -118,7 +118,7 @@ class RefSegformerXattnDecoder(Decoder):
 
     def _memory(self, level: int, feats: EncoderFeatures) -> tuple[Tensor, Tensor | None]:
         if self.use_fusion:
-            mem = feats.fusion_memory[level] if feats.fusion_memory is not None else None
+            mem = feats.memory[level] if feats.memory is not None else None
             if mem is None:
                 raise RisbenchError(f"decoder 'refsegformer_xattn': the encoder gave no fusion memory at stage {level}")
             return mem, None

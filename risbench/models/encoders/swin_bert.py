@@ -8,6 +8,7 @@ and a local BERT directory (config.json + pytorch_model.bin / model.safetensors,
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from risbench.errors import RisbenchError
 from risbench.models.encoders.swin_convert import SwinLoadReport, convert_swin_state_dict, read_swin_checkpoint
 from risbench.models.interfaces import Encoder, EncoderFeatures, FeatureSpec
+from risbench.models.stage_fusion.base import StageFusionHook, StageInfo
 from risbench.registry import ENCODERS
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,13 @@ class SwinBertConfig:
     bert_layers: int | None = None  #   (a bert_path's config.json wins over all four)
     bert_heads: int | None = None
     bert_ffn: int | None = None
+    # early fusion inside Swin: {name: pwam | dmmi | vltf, stages: [...], ...} (risbench/models/stage_fusion/);
+    # null = none (Swin sees only the image, any fusion runs after the encoder)
+    stage_fusion: dict[str, Any] | None = None
+    out_norm: bool = True  # a LayerNorm per returned stage (LAVT / DMMI's norm{i}); RefSegformer has none
+    # parameter-name globs (relative to the encoder) kept frozen; RefSegformer's optimizer holds only BERT layers
+    # 0-9: [text_encoder.embeddings.*, text_encoder.encoder.layer.10.*, text_encoder.encoder.layer.11.*]
+    freeze: tuple[str, ...] = ()
 
 
 def _swin_dims(cfg: SwinBertConfig) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -122,6 +131,13 @@ class SwinBertEncoder(Encoder):
     its patch merging (LAVT's `x_out`), passed through a per-stage LayerNorm (LAVT's `norm{i}`, fresh
     init), as a (B, C_s, S/(4*2^(s-1)), ...) map (Swin-B: 128/256/512/1024 at strides 4/8/16/32); the
     BERT last hidden state (B, L, 768), the same tensor for every stage; visual_cls None.
+
+    `stage_fusion` puts a fusion module after the blocks of chosen Swin stages (before their patch merging;
+    risbench/models/stage_fusion/): BERT runs first, each fused stage's module reads the visual tokens and the
+    words, its output continues into the next stage, the encoder returns for that stage what the module says
+    (LAVT / DMMI: the fusion output F; RefSegformer: the VLTF output alone), and the text of stage s is the
+    words after stage s (DMMI updates them). `memory` carries a module's sentence tokens (VLTF's [blank;
+    memory]), and the trait `stage_memory` says so. Without `stage_fusion` (the default, described next):
 
     Fusion is NOT inside this encoder. LAVT, CGFormer and DMMI run a PWAM (+ language gate) after the
     blocks of every Swin stage and feed the gated sum x + g * F into the next stage, so language changes
@@ -189,7 +205,8 @@ class SwinBertEncoder(Encoder):
         self.swin = SwinModel(swin_cfg, add_pooling_layer=False)
         self.swin.layernorm = nn.Identity()  # the final norm is unused: per-stage out_norms instead (LAVT)
         dims = [embed * 2**i for i in range(self.num_stages)]
-        self.out_norms = nn.ModuleDict({str(s - 1): nn.LayerNorm(dims[s - 1]) for s in self.out_indices})
+        if cfg.out_norm:
+            self.out_norms = nn.ModuleDict({str(s - 1): nn.LayerNorm(dims[s - 1]) for s in self.out_indices})
 
         self.text_encoder, self.bert_report = self._build_bert(cfg)
         self.text_dim = self.text_encoder.config.hidden_size
@@ -205,11 +222,19 @@ class SwinBertEncoder(Encoder):
             self.text_encoder.requires_grad_(False)
             self.text_encoder.eval()
 
+        self.stage_fusion: StageFusionHook | None = None
+        traits = {"multi_scale", "text_tokens"}
+        if cfg.stage_fusion is not None:
+            infos = [StageInfo(i + 1, dims[i], heads[i], self.text_dim) for i in range(self.num_stages)]
+            self.stage_fusion = StageFusionHook(cfg.stage_fusion, infos)
+            if any(getattr(m, "gives_memory", False) for m in self.stage_fusion.fusions.values()):
+                traits.add("stage_memory")
+        self._apply_freeze(cfg.freeze)
         self.out_spec = FeatureSpec(
             visual_dims=tuple(dims[s - 1] for s in self.out_indices),
             visual_strides=tuple(cfg.patch_size * 2 ** (s - 1) for s in self.out_indices),
             text_dim=self.text_dim,
-            traits=frozenset({"multi_scale", "text_tokens"}),
+            traits=frozenset(traits),
         )
 
         self.swin_report: SwinLoadReport | None = None
@@ -223,6 +248,20 @@ class SwinBertEncoder(Encoder):
             self.weights = f"swin={cfg.swin_weights or 'random'},bert={cfg.bert_path or 'random'}"
 
     # -- construction helpers --------------------------------------------------------------------
+
+    def _apply_freeze(self, globs: tuple[str, ...]) -> None:
+        if not globs:
+            return
+        hit = [n for n, _ in self.named_parameters() if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not hit:
+            raise RisbenchError(
+                f"encoder swin_bert: freeze {list(globs)} matches no parameter (names look like "
+                "text_encoder.encoder.layer.10.output.dense.weight, swin.embeddings.patch_embeddings...)"
+            )
+        for name, p in self.named_parameters():
+            if name in hit:
+                p.requires_grad_(False)
+        logger.info("swin_bert: %d parameter tensors frozen by %s", len(hit), list(globs))
 
     @staticmethod
     def _build_bert(cfg: SwinBertConfig) -> tuple[nn.Module, dict]:
@@ -271,7 +310,7 @@ class SwinBertEncoder(Encoder):
     def load_swin_weights(self, path: str | Path) -> SwinLoadReport:
         """Load an official Swin .pth into `self.swin` (+ `out_norms` if it carries LAVT's norm{i})."""
         source = read_swin_checkpoint(path)
-        target = self.state_dict()
+        target = {k: v for k, v in self.state_dict().items() if not k.startswith("stage_fusion.")}
         converted, report = convert_swin_state_dict(
             source, target, self.cfg.window_size, swin_prefix="swin.", out_norm_prefix="out_norms.", path=str(path)
         )
@@ -290,6 +329,48 @@ class SwinBertEncoder(Encoder):
         """Swin's relative-position tables (excluded from decay in the Swin recipe)."""
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
+    def flop_parts(self) -> dict[str, str]:
+        """Sub-modules reported on their own by `risbench flops` (only with a stage fusion; else one row)."""
+        if self.stage_fusion is None:
+            return {"encoder": ""}
+        parts = {"swin": "swin", "stage fusion": "stage_fusion", "bert": "text_encoder"}
+        if self.cfg.out_norm:
+            parts["out norms"] = "out_norms"
+        return parts
+
+    def _norm(self, s: int, fmap: Tensor) -> Tensor:
+        if not self.cfg.out_norm:
+            return fmap
+        return self.out_norms[str(s - 1)](fmap.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def _words(self, text_ids: Tensor, text_pad_mask: Tensor) -> Tensor:
+        attention_mask = (~text_pad_mask).long()
+        if self.cfg.freeze_text:
+            with torch.no_grad():
+                return self.text_encoder(input_ids=text_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_encoder(input_ids=text_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _fused_forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
+        """Swin stage by stage, the stage fusion after the blocks of each fused stage, before its patch merging."""
+        words = self._words(text_ids, text_pad_mask)
+        h, grid = self.swin.embeddings(image)
+        visual, texts, memory = [], [], []
+        for s, stage in enumerate(self.swin.encoder.layers, start=1):
+            for block in stage.blocks:
+                h = block(h, grid, always_partition=True)[0]
+            fused = self.stage_fusion(s, h, grid, words, text_pad_mask)
+            h, words = fused.visual, fused.words
+            if s in self.out_indices:
+                b, _, c = fused.out.shape
+                fmap = fused.out.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+                visual.append(self._norm(s, fmap))
+                texts.append(words)
+                memory.append(fused.memory)
+            if stage.downsample is not None:
+                h = stage.downsample(h, grid)
+                grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+        return EncoderFeatures(visual=visual, text=texts, text_pad_mask=text_pad_mask, visual_cls=None, memory=memory)
+
     def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise RisbenchError(
@@ -300,6 +381,8 @@ class SwinBertEncoder(Encoder):
             raise RisbenchError(
                 f"encoder swin_bert: text length {text_ids.shape[1]} exceeds {self.max_text_positions} positions"
             )
+        if self.stage_fusion is not None:
+            return self._fused_forward(image, text_ids, text_pad_mask)
         emb, grid = self.swin.embeddings(image)
         out = self.swin.encoder(
             emb,
@@ -311,14 +394,6 @@ class SwinBertEncoder(Encoder):
         stages = out.reshaped_hidden_states[1:]  # [0] is the patch embedding (stem)
         visual = []
         for s in self.out_indices:
-            fmap = stages[s - 1]  # (B, C, H, W), before this stage's patch merging
-            norm = self.out_norms[str(s - 1)]
-            visual.append(norm(fmap.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous())
-
-        attention_mask = (~text_pad_mask).long()
-        if self.cfg.freeze_text:
-            with torch.no_grad():
-                words = self.text_encoder(input_ids=text_ids, attention_mask=attention_mask).last_hidden_state
-        else:
-            words = self.text_encoder(input_ids=text_ids, attention_mask=attention_mask).last_hidden_state
+            visual.append(self._norm(s, stages[s - 1]))  # (B, C, H, W), before this stage's patch merging
+        words = self._words(text_ids, text_pad_mask)
         return EncoderFeatures(visual=visual, text=[words] * len(visual), text_pad_mask=text_pad_mask, visual_cls=None)

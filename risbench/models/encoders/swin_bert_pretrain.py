@@ -176,7 +176,8 @@ class DualUnimodal(PretrainObjective):
             emb, grid, output_hidden_states=True, output_hidden_states_before_downsampling=True, always_partition=True
         )
         fmap = out.reshaped_hidden_states[-1]  # the last stage (B, C, S/stride, S/stride)
-        norm = enc.out_norms[str(enc.num_stages - 1)] if str(enc.num_stages - 1) in enc.out_norms else None
+        norms = getattr(enc, "out_norms", {})
+        norm = norms[str(enc.num_stages - 1)] if str(enc.num_stages - 1) in norms else None
         if norm is not None:
             fmap = norm(fmap.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         pred = F.pixel_shuffle(self.mim_decoder(fmap), self.stride).float()  # (B, 3, S, S)

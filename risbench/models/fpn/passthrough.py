@@ -1,0 +1,67 @@
+"""No neck: the encoder's stages go to the decoder as they are (for encoders that fuse inside their vision tower,
+`encoder.stage_fusion`; risbench/models/stage_fusion/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from risbench.models.interfaces import (
+    FPN,
+    EncoderFeatures,
+    FeatureSpec,
+    FusedFeatures,
+    FusedSpec,
+    map_to_tokens,
+    tokens_to_map,
+)
+from risbench.registry import FPNS
+
+
+@dataclass
+class PassthroughConfig:
+    """Options of the `passthrough` FPN."""
+
+    dim: int | None = None  # width of `visual` and `text`; null = the encoder's text width
+
+
+@FPNS.register("passthrough", config=PassthroughConfig)
+class PassthroughFPN(FPN):
+    """No fusion here: `pyramid` = the encoder's maps at their own widths, finest first (multi-scale encoders,
+    trait `pyramid`); `visual` = the coarsest map and `text` = the last stage's words, each through a Linear to
+    `dim` only where its width differs. Made for encoders whose `stage_fusion` already fused language into every
+    stage (LAVT / DMMI / RefSegformer inside Swin): the decoder reads those fused stages and (DMMI) the words the
+    encoder updated. On a multi-scale encoder a decoder reads either `pyramid` or `visual`, so the other's
+    projection (when there is one) gets no gradient."""
+
+    tiny_options: ClassVar[dict[str, Any]] = {}
+    requires = frozenset({"text_tokens"})
+
+    def __init__(self, cfg: PassthroughConfig, in_spec: FeatureSpec) -> None:
+        super().__init__()
+        dim = cfg.dim or in_spec.text_dim
+        self.multi_scale = len(set(in_spec.visual_strides)) > 1
+        last = in_spec.visual_dims[-1]
+        self.visual_proj = nn.Linear(last, dim) if last != dim else nn.Identity()
+        self.text_proj = nn.Linear(in_spec.text_dim, dim) if in_spec.text_dim != dim else nn.Identity()
+        if self.multi_scale:
+            order = sorted(range(len(in_spec.visual_strides)), key=lambda i: (in_spec.visual_strides[i], i))
+            self.order = order
+            self.out_spec = FusedSpec(
+                dim,
+                in_spec.visual_strides[-1],
+                frozenset({"text_tokens", "pyramid"}),
+                tuple(in_spec.visual_dims[i] for i in order),
+                tuple(in_spec.visual_strides[i] for i in order),
+            )
+        else:
+            self.out_spec = FusedSpec(dim, in_spec.visual_strides[-1], frozenset({"text_tokens"}))
+
+    def forward(self, feats: EncoderFeatures) -> FusedFeatures:
+        last = feats.visual[-1]
+        visual = tokens_to_map(self.visual_proj(map_to_tokens(last)), tuple(last.shape[-2:]))
+        text = self.text_proj(feats.text[-1])
+        pyramid = [feats.visual[i] for i in self.order] if self.multi_scale else None
+        return FusedFeatures(visual, text, feats.text_pad_mask, None, pyramid)

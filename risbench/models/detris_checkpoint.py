@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from risbench.errors import RisbenchError
+from risbench.models.strict_load import load_strict
 from risbench.models.towers.clip_convert import convert_openai_clip
 from risbench.models.towers.dinov2_convert import convert_dinov2
 
@@ -104,17 +105,4 @@ def load_detris_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a released DETRIS checkpoint into `model` (a detris-b / detris-l Segmenter), strictly: every key of
     ours filled with its shape and every official key used (bar DROPPED); a one-line RisbenchError otherwise."""
     converted = convert_detris(read_detris_checkpoint(path), model.encoder.vision.grid)
-    target = model.state_dict()
-    missing = sorted(set(target) - set(converted))
-    extra = sorted(set(converted) - set(target))
-    bad = [
-        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
-        for k, v in converted.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    if missing or extra or bad:
-        raise RisbenchError(
-            f"detris checkpoint {path} does not fit the model: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(bad)} shape mismatches (e.g. {bad[:1]})"
-        )
-    model.load_state_dict(converted, strict=True)
+    load_strict(model, converted, f"detris checkpoint {path}")

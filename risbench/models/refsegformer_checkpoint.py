@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from risbench.errors import RisbenchError
+from risbench.models.strict_load import load_strict
 
 EXIST_HEAD = re.compile(r"segmentation\.(src_cross_attn|exist_pred)\.")
 UNUSED_IN_PIXEL_BUILD = re.compile(r"(cross_attns|norms|mask_convs|projects)\.")
@@ -104,23 +105,6 @@ def _decoder_part(sd: dict[str, Tensor], module: nn.Module) -> dict[str, Tensor]
 PART_CONVERTERS: dict[str, Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]] = {"decoder": _decoder_part}
 
 
-def load_strict(module: nn.Module, converted: dict[str, Tensor], where: str) -> None:
-    """Load `converted` into `module`: every key of ours filled with its shape and every converted key used;
-    a one-line RisbenchError otherwise."""
-    target = module.state_dict()
-    missing = sorted(set(target) - set(converted))
-    extra = sorted(set(converted) - set(target))
-    bad = [
-        f"{k} {tuple(v.shape)} vs ours {tuple(target[k].shape)}"
-        for k, v in converted.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    if missing or extra or bad:
-        raise RisbenchError(
-            f"{where} does not fit the model: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(bad)} shape mismatches (e.g. {bad[:1]})"
-        )
-    module.load_state_dict(converted, strict=True)
 
 
 def load_refsegformer_decoder(decoder: nn.Module, path: str | Path) -> None:

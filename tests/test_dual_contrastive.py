@@ -159,7 +159,13 @@ def test_pretrain_artifact_and_the_experiment_options(tmp_path):
     }
     held = prov["held_out"]
     assert held["image"]["acc_chance"] == 0.5  # 2 held-out pairs in one batch
-    enc = {"name": "dual", "vision": {**VISION, "adapters": [{"name": "dense_aligner", "layers": [1], "dim": 8}]}}
+    enc = {
+        "name": "dual",
+        "vision": {
+            **VISION,
+            "adapters": [{"name": "dense_aligner", "layers": [1], "dim": 16, "cross_dim": 16, "cross_heads": 2}],
+        },
+    }
     set_ = with_encoder_options(enc, art.encoder_options)
     assert set_["vision"]["weights"] == art.encoder_options["vision.weights"]
     assert set_["text"] == {"clip_state_dict": art.encoder_options["text.clip_state_dict"]}
@@ -214,7 +220,14 @@ def _write_yaml(path: Path, data: dict) -> Path:
     "encoder, expected",
     [
         (
-            {"vision": {**VISION, "adapters": [{"name": "dense_aligner", "layers": [1], "dim": 8}]}},
+            {
+                "vision": {
+                    **VISION,
+                    "adapters": [
+                        {"name": "dense_aligner", "layers": [1], "dim": 16, "cross_dim": 16, "cross_heads": 2}
+                    ],
+                }
+            },
             "set model.encoder.vision.adapters: []",
         ),
         ({"freeze": ["text.*"]}, "set model.encoder.freeze: []"),
@@ -240,4 +253,4 @@ def test_another_encoder_is_incompatible(tmp_path, capsys):
     path = _write_yaml(tmp_path / "swin.yaml", cfg)
     assert main(["pretrain", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "objective 'dual_contrastive' pretrains a dual encoder" in err and "SwinBertEncoder" in err
+    assert "objective 'dual_contrastive' needs sentence" in err and "encoder 'swin_bert'" in err

@@ -106,8 +106,38 @@ def apply_pretrain(cfg: dict[str, Any], ref: PretrainRef, where: str) -> dict[st
             f"fine-tuning data; give the pretraining config's data another seed"
         )
     out = dict(cfg)
-    out["model"] = {**cfg["model"], "encoder": {**cfg["model"]["encoder"], **ref.encoder_options}}
+    out["model"] = {**cfg["model"], "encoder": with_encoder_options(cfg["model"]["encoder"], ref.encoder_options)}
     out["tokenizer"] = {**(cfg.get("tokenizer") or {}), "path": ref.tokenizer_path}
+    return out
+
+
+def with_encoder_options(encoder: dict[str, Any], options: dict[str, str]) -> dict[str, Any]:
+    """An encoder section with an artifact's options set; a dotted option (`vision.weights`, a dual encoder's
+    tower) is set inside its sub-section. The input is not changed."""
+    out = dict(encoder)
+    for key, value in options.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[leaf] = value
+    return out
+
+
+def without_encoder_options(encoder: dict[str, Any], options: dict[str, str]) -> dict[str, Any]:
+    """An encoder section with an artifact's options (dotted ones inside their sub-sections) removed."""
+    out = dict(encoder)
+    for key in options:
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.pop(leaf, None)
     return out
 
 

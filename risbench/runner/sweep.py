@@ -23,6 +23,7 @@ from risbench.results import RUN_FILE, Flops, RunInfo
 from risbench.runner import backends, export, tables
 from risbench.runner.columns import COST, LABELS
 from risbench.runner.experiment import Experiment, Run
+from risbench.runner.pretrained import without_encoder_options
 from risbench.runner.progress import SweepProgress
 from risbench.train.rundir import is_finished, is_started
 
@@ -156,7 +157,7 @@ def flops_only(exp: Experiment, run_dirs: list[Path], console: Console) -> None:
         cfg = backends.load_run_config(run_dir)
         ref = ref_of.get(run_dir.name)
         if ref is not None and ref.name in missing:  # weights change no count: build without them
-            enc = {k: v for k, v in cfg["model"]["encoder"].items() if k not in ref.encoder_options}
+            enc = without_encoder_options(cfg["model"]["encoder"], ref.encoder_options)
             cfg = {**cfg, "model": {**cfg["model"], "encoder": enc}}
         params, flops = backends.ensure_flops(run_dir, cfg=cfg, cache=cache).count("total")
         console.print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor
 
 from risbench.errors import RisbenchError
@@ -63,4 +64,32 @@ def convert_hf_clip(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         else:
             raise RisbenchError(f"clip_text: unexpected Hugging Face key '{key}'")
+    return out
+
+
+def to_openai_clip(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Tower keys -> OpenAI's CLIP text layout (the inverse of `convert_openai_clip`): q/k/v fused into
+    `attn.in_proj_*`, `projection.weight` transposed into `text_projection`. Unknown keys raise."""
+    block = {v: k for k, v in _BLOCK.items()}
+    top = {
+        "model.embeddings.token_embedding.weight": "token_embedding.weight",
+        "model.embeddings.position_embedding.weight": "positional_embedding",
+        "model.final_layer_norm.weight": "ln_final.weight",
+        "model.final_layer_norm.bias": "ln_final.bias",
+    }
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        if key in top:
+            out[top[key]] = value
+        elif key == "projection.weight":
+            out["text_projection"] = value.t().contiguous()
+        elif m := re.fullmatch(r"model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
+        elif (m := re.fullmatch(r"model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)) and m[2] in block:
+            out[f"transformer.resblocks.{m[1]}.{block[m[2]]}.{m[3]}"] = value
+        else:
+            raise RisbenchError(f"clip_text: unexpected tower key '{key}'")
+    for (i, kind), parts in qkv.items():
+        out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from risbench.errors import RisbenchError
 from risbench.models.interfaces import TextTower
-from risbench.models.towers.clip_convert import convert_hf_clip, convert_openai_clip
+from risbench.models.towers.clip_convert import convert_hf_clip, convert_openai_clip, to_openai_clip
 from risbench.models.towers.common import build_adapters, check_keys, read_state_dict
 from risbench.registry import TEXT_TOWERS
 
@@ -104,6 +104,10 @@ class ClipTextTower(TextTower):
     def tower_state_dict(self) -> dict[str, Tensor]:
         """The tower's own tensors (no adapters), the keys the converters produce."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("adapters.")}
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """The tower's weights (no adapters) in OpenAI's CLIP layout, the one `clip_state_dict=` loads."""
+        return to_openai_clip({k: v.detach().cpu().clone() for k, v in self.tower_state_dict().items()})
 
     def load_converted(self, converted: dict[str, Tensor], source: str) -> None:
         check_keys(converted, self.tower_state_dict(), "text tower clip_text", source)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from risbench.errors import RisbenchError
 from risbench.models.interfaces import VisionTower
 from risbench.models.towers.common import build_adapters, check_keys, read_state_dict
-from risbench.models.towers.dinov2_convert import convert_dinov2
+from risbench.models.towers.dinov2_convert import convert_dinov2, to_official_dinov2
 from risbench.registry import VISION_TOWERS
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Dinov2RegTower(VisionTower):
         self.image_size = cfg.image_size
         self.grid = cfg.image_size // cfg.patch_size
         self.out_dims = (hidden,) * (len(cfg.out_layers) + 1)
+        self.pooled_dim = hidden
         self.out_strides = (cfg.patch_size,) * (len(cfg.out_layers) + 1)
         self.traits = frozenset({"single_scale"})
         self.weights = "random"
@@ -109,6 +110,15 @@ class Dinov2RegTower(VisionTower):
     def forward(
         self, image: Tensor, context: Tensor | None = None, context_pad_mask: Tensor | None = None
     ) -> list[Tensor]:
+        outs = self.tokens(image, context, context_pad_mask)
+        b, g, prefix = image.shape[0], self.grid, 1 + NUM_REGISTERS
+        return [o[:, prefix:].transpose(1, 2).reshape(b, -1, g, g) for o in outs]
+
+    def tokens(
+        self, image: Tensor, context: Tensor | None = None, context_pad_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The full token sequences (CLS, 4 registers, patches) of blocks `out_layers`, then of the final
+        LayerNorm output: what `forward` turns into maps."""
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise RisbenchError(
                 f"vision tower dinov2_reg: expected {self.image_size}x{self.image_size} images, got "
@@ -122,8 +132,16 @@ class Dinov2RegTower(VisionTower):
             if i in self.cfg.out_layers:
                 outs.append(x)
         outs.append(self.model.layernorm(x))
-        b, g = image.shape[0], self.grid
-        return [o[:, prefix:].transpose(1, 2).reshape(b, -1, g, g) for o in outs]
+        return outs
+
+    def pooled(self, image: Tensor) -> Tensor:
+        """(B, D): the CLS token of the final normed output (DINOv2's `x_norm_clstoken`), no text context;
+        the image vector of contrastive pretraining (objective dual_contrastive)."""
+        return self.tokens(image)[-1][:, 0]
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """The tower's weights (no adapters) in the official dinov2 key layout that `weights=` loads."""
+        return to_official_dinov2({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
 
     def _block(self, i: int, layer: nn.Module, x: Tensor, prefix: int, context, context_pad_mask) -> Tensor:
         x = x + layer.layer_scale1(layer.attention(layer.norm1(x))[0])

@@ -74,3 +74,31 @@ def convert_dinov2(sd: dict[str, Tensor], grid: int) -> dict[str, Tensor]:
             raise RisbenchError(f"dinov2: unexpected checkpoint key '{key}'")
         out[prefix + _BLOCK[full] + ("" if kind == "gamma" else f".{kind}")] = value
     return out
+
+
+def to_official_dinov2(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """transformers Dinov2WithRegistersModel keys -> the official layout (the inverse of `convert_dinov2` at the
+    tower's own grid): q/k/v fused into `attn.qkv`, layer scales as `ls{1,2}.gamma`. Unknown keys raise."""
+    top = {v: k for k, v in _TOP.items()}
+    block = {v: k for k, v in _BLOCK.items()}
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?", key)
+        if m is None:
+            raise RisbenchError(f"dinov2: unexpected tower key '{key}'")
+        i, name, kind = m.groups()
+        if name in ("attention.q_proj", "attention.k_proj", "attention.v_proj") and kind:
+            qkv.setdefault((i, kind), {})[name[-6]] = value
+        elif kind is None and name in block:  # a layer scale
+            out[f"blocks.{i}.{block[name]}"] = value
+        elif kind is not None and name in block:
+            out[f"blocks.{i}.{block[name]}.{kind}"] = value
+        else:
+            raise RisbenchError(f"dinov2: unexpected tower key '{key}'")
+    for (i, kind), parts in qkv.items():
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out

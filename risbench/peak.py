@@ -77,9 +77,15 @@ def gemm_tflops(device: torch.device, n: int, dtype: torch.dtype, repeats: int) 
     return 2 * n**3 / best / 1e12
 
 
-def measure_peak(device: torch.device) -> dict[str, Any]:
-    """Measure the GEMM peak on `device` now (bf16 on CUDA, fp32 on CPU): the best over `GEMM_SIZES`."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def peak_dtype(device: torch.device, bf16: bool = False) -> torch.dtype:
+    """The GEMM dtype a step is measured against: bf16 on CUDA; on CPU fp32, or bf16 when the step runs under
+    bf16 autocast (avx512_bf16 / AMX make its GEMMs faster than fp32's, so an fp32 peak would be beaten)."""
+    return torch.bfloat16 if device.type == "cuda" or bf16 else torch.float32
+
+
+def measure_peak(device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Measure the GEMM peak on `device` now (default `peak_dtype`): the best over `GEMM_SIZES`."""
+    dtype = dtype or peak_dtype(device)
     kind = "cuda" if device.type == "cuda" else "cpu"
     rates = {n: gemm_tflops(device, n, dtype, GEMM_REPEATS[kind]) for n in GEMM_SIZES[kind]}
     best = max(rates, key=rates.get)
@@ -93,10 +99,13 @@ def measure_peak(device: torch.device) -> dict[str, Any]:
     }
 
 
-def device_peak(device: torch.device, device_name: str, *, remeasure: bool = False) -> dict[str, Any]:
-    """The measured peak of `device` (from the cache unless `remeasure` or absent) and the nominal one:
-    {'measured': {...tflops, dtype, gemm, cached}, 'nominal': {...} or None, 'cache': path}."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def device_peak(
+    device: torch.device, device_name: str, *, remeasure: bool = False, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
+    """The measured peak of `device` in `dtype` (default `peak_dtype`; from the cache unless `remeasure` or
+    absent) and the nominal one: {'measured': {...tflops, dtype, gemm, cached}, 'nominal': {...} or None,
+    'cache': path}."""
+    dtype = dtype or peak_dtype(device)
     path = peak_cache_path()
     key = _key(device, device_name, dtype)
     cache: dict[str, Any] = {}
@@ -110,7 +119,7 @@ def device_peak(device: torch.device, device_name: str, *, remeasure: bool = Fal
     entry = cache.get(key)
     cached = entry is not None and not remeasure
     if not cached:
-        entry = measure_peak(device)
+        entry = measure_peak(device, dtype)
         cache[key] = entry
         try:
             atomic_write_json(path, cache)

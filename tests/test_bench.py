@@ -132,9 +132,9 @@ def test_peak_is_measured_once_per_device_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("RISBENCH_PEAK_CACHE", str(tmp_path / "sub" / "peak.json"))
     calls = []
 
-    def fake_measure(device):
+    def fake_measure(device, dtype=None):
         calls.append(device)
-        return {"tflops": 1.5 * len(calls), "dtype": "float32", "gemm": "8x8x8", "torch": "t", "measured_at": "now"}
+        return {"tflops": 1.5 * len(calls), "dtype": str(dtype), "gemm": "8x8x8", "torch": "t", "measured_at": "now"}
 
     monkeypatch.setattr(peak, "measure_peak", fake_measure)
     cpu = torch.device("cpu")
@@ -148,6 +148,27 @@ def test_peak_is_measured_once_per_device_and_cached(tmp_path, monkeypatch):
     (tmp_path / "sub" / "peak.json").write_text("{half")
     assert not peak.device_peak(cpu, "cpu-a")["measured"]["cached"]  # unreadable cache: measured again
     assert json.loads((tmp_path / "sub" / "peak.json").read_text())
+
+
+def test_a_cached_peak_the_step_beats_is_measured_again_and_cpu_bf16_has_its_own(tmp_path, monkeypatch):
+    from risbench import benchmark, peak
+
+    monkeypatch.setenv("RISBENCH_PEAK_CACHE", str(tmp_path / "peak.json"))
+    rates = {torch.float32: [0.01, 0.2], torch.bfloat16: [0.5]}  # the first fp32 one as if measured under load
+
+    def fake_measure(device, dtype=None):
+        return {"tflops": rates[dtype].pop(0), "dtype": str(dtype), "gemm": "8x8x8", "torch": "t", "measured_at": "now"}
+
+    monkeypatch.setattr(peak, "measure_peak", fake_measure)
+    cpu = torch.device("cpu")
+    peak.device_peak(cpu, "cpu-a")  # cached at 0.01 TFLOP/s
+    result = {"amp": "off (fp32)", "device": {"name": "cpu-a"}, "achieved_gflop_per_s": 100.0}
+    benchmark.add_mfu(result, cpu)
+    assert result["peak"]["measured"]["tflops"] == 0.2 and result["mfu_measured"] == pytest.approx(0.5)
+    assert "peak_remeasured" in result
+    bf16 = benchmark.add_mfu({"amp": "bf16 autocast", "device": {"name": "cpu-a"}, "achieved_gflop_per_s": 100.0}, cpu)
+    assert bf16["peak"]["measured"]["dtype"] == "torch.bfloat16" and bf16["mfu_measured"] == pytest.approx(0.2)
+    assert "peak_remeasured" not in bf16 and rates == {torch.float32: [], torch.bfloat16: []}
 
 
 def test_nominal_peaks_and_a_real_gemm():

@@ -171,3 +171,17 @@ def test_check_latex_fails_on_a_table_wider_than_the_page(tmp_path: Path) -> Non
         ["bash", str(PROJECT_ROOT / "scripts" / "check_latex.sh"), str(tex)], capture_output=True, text=True
     )
     assert result.returncode == 1 and "(article): overfull \\hbox" in result.stderr, result.stderr
+
+
+def test_caption_names_the_weights_a_run_loaded_not_its_config_null(tmp_path: Path) -> None:
+    """A dual encoder's config has `encoder.weights: null` (its towers name theirs): the caption must take
+    what metrics.json says the run loaded, and say "random" only for a run that loaded nothing."""
+    exp = write_runs(tmp_path)
+    for metrics in exp.glob("*/metrics.json"):
+        data = json.loads(metrics.read_text())
+        data["provenance"]["weights"] = "vision=/x/v.pth,text=/x/t.pth"
+        metrics.write_text(json.dumps(data))
+    caption = tables.caption_for(json.loads((exp / "experiment.json").read_text()), exp)
+    assert "weights: vision /x/v.pth, text /x/t.pth;" in caption and "random" not in caption
+    next(exp.glob("*/metrics.json")).unlink()  # a run without metrics falls back to its config
+    assert "weights: random, vision" in tables.caption_for(json.loads((exp / "experiment.json").read_text()), exp)

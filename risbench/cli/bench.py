@@ -17,7 +17,8 @@ STEP_MEANING = {
 FLOP_MEANING = (
     "TFLOP/s: fvcore multiply-adds of one forward pass x 2 FLOPs x batch, x 3 for a train or pretrain step "
     "(backward = 2 forwards), over the median step time; MFU: that rate over the device's peak (measured: "
-    "the best large-GEMM rate on this device, bf16 on CUDA / fp32 on CPU; nominal: the datasheet's dense bf16)"
+    "the best large-GEMM rate on this device, bf16 on CUDA / on CPU fp32, or bf16 under bf16 autocast; "
+    "nominal: the datasheet's dense bf16)"
 )
 PHASE_MEANING = (
     "data / fwd / bwd / opt: shares of the timed steps' time (CUDA events on the GPU's timeline, or "
@@ -78,6 +79,8 @@ def render(result: dict) -> list[str]:
             f"MFU {_pct(result['mfu_measured'])} of the measured peak {meas['tflops']:.2f} TFLOP/s ({meas['dtype']} "
             f"{meas['gemm']} GEMM, {'cached in ' + result['peak']['cache'] if meas['cached'] else 'measured now'})"
         )
+        if "peak_remeasured" in result:
+            line += f" [measured again: {result['peak_remeasured']}]"
         if nom:
             line += f"; {_pct(result['mfu_nominal'])} of the nominal {nom['tflops']:.0f} TFLOP/s ({nom['model']})"
         lines.append(line)

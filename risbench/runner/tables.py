@@ -208,12 +208,13 @@ def caption_for(
     stale = sorted(d.name for d in dirs if (d / "stale.json").is_file())
     for d in dirs:
         cfg_path = d / "config.yaml"
+        run_weights = None
         if cfg_path.is_file():
             cfg = yaml.safe_load(cfg_path.read_text()) or {}
             enc = (cfg.get("model") or {}).get("encoder") or {}
             if enc.get("image_size") and not (d / FLOPS_FILE).is_file():
                 sizes.add(int(enc["image_size"]))
-            weights.add(str(enc.get("weights") or "random"))
+            run_weights = str(enc.get("weights") or "random")  # a dual encoder's are in its towers' sections
             data = cfg.get("data") or {}
             detail = "/".join(str(data[k]) for k in ("flavour", "dataset", "split_by") if data.get(k))
             name = str(data.get("name") or "?")
@@ -225,9 +226,13 @@ def caption_for(
                 resolutions.add(str(ev["resolution"]))
         if (d / METRICS_FILE).is_file():
             prov = Metrics.read(d / METRICS_FILE).provenance
-            for key, bucket in (("threshold", thresholds), ("resolution", resolutions), ("weights", weights)):
+            for key, bucket in (("threshold", thresholds), ("resolution", resolutions)):
                 if prov.get(key) is not None:
-                    bucket.add(str(prov[key]) if key != "threshold" else prov[key])
+                    bucket.add(prov[key] if key == "threshold" else str(prov[key]))
+            if prov.get("weights") is not None:  # what the run loaded, over what its config names
+                run_weights = str(prov["weights"])
+        if run_weights is not None:
+            weights.add(run_weights)
         if (d / FLOPS_FILE).is_file():
             flops = Flops.read(d / FLOPS_FILE)
             if flops.text_len:

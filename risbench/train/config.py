@@ -46,6 +46,7 @@ LATER_DEFAULTS = {
     ("train", "optimizer"): "adamw",
     ("train", "milestones"): [],
     ("train", "gamma"): 0.1,
+    ("train", "lr_mult"): {},
     ("train", "loss", "existence_weight"): 1.0,
     ("train", "loss", "negative_weight"): 1.0,
 }
@@ -90,6 +91,8 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # schedule step: epochs at which lr *= gamma
     gamma: float = 0.1
     min_lr: float = 0.0
+    # module prefix -> multiplier of lr (e.g. {encoder: 0.1}: CRIS's lr_multi for the backbone); longest prefix wins
+    lr_mult: dict[str, float] = field(default_factory=dict)
     clip_grad: float | None = 1.0  # max L2 norm of all gradients; null = off
     loss: LossConfig = field(default_factory=LossConfig)
     num_workers: int = 0
@@ -131,6 +134,9 @@ class TrainConfig:
                 f"need lr > 0, min_lr >= 0, weight_decay >= 0 and warmup_steps >= 0; got lr {self.lr}, "
                 f"min_lr {self.min_lr}, weight_decay {self.weight_decay}, warmup_steps {self.warmup_steps}"
             )
+        for prefix, value in self.lr_mult.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"lr_mult['{prefix}'] must be a number >= 0, got {value!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 (or null: no clipping), got {self.clip_grad}")
         if self.max_minutes is not None and not self.max_minutes > 0:

@@ -24,19 +24,31 @@ from risbench.train.robust_loss import existence_term, mask_loss_terms
 from risbench.train.speed import use_fused
 
 
-def param_groups(model: nn.Module, weight_decay: float, skip: set[str] | None = None) -> list[dict[str, Any]]:
-    """Two AdamW groups: weights with decay; biases, norm/1-d parameters and `skip` names without."""
+def lr_mult_of(name: str, lr_mult: dict[str, float]) -> float:
+    """The lr multiplier of parameter `name` (a DDP `module.` prefix ignored): the longest `lr_mult` key that
+    is the name or a dotted prefix of it, else 1."""
+    name = name.removeprefix("module.")
+    best, mult = -1, 1.0
+    for prefix, value in lr_mult.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, mult = len(prefix), float(value)
+    return mult
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, skip: set[str] | None = None, lr_mult: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: weights with decay; biases, norm/1-d parameters and `skip` names without; each split
+    again by its `lr_mult` (module prefix -> multiplier of the schedule's lr, kept as the group's `lr_mult`)."""
     skip = skip or set()
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip
+        groups.setdefault((no_decay, lr_mult_of(name, lr_mult or {})), []).append(p)
+    order = sorted(groups, key=lambda k: (k[0], -k[1]))
+    return [{"params": groups[k], "weight_decay": 0.0 if k[0] else weight_decay, "lr_mult": k[1]} for k in order]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
@@ -48,7 +60,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | N
     speed = getattr(cfg, "speed", None)
     if device is not None and speed is not None and use_fused(speed, device):
         extra["fused"] = True
-    return cls(param_groups(model, cfg.weight_decay, skip), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
+    groups = param_groups(model, cfg.weight_decay, skip, getattr(cfg, "lr_mult", None))
+    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
 
 
 class LRSchedule:
@@ -88,7 +101,7 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, step: int, time_progress: float = 0.0) -> float:
         lr = self.lr_at(step, time_progress)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         self.last_lr = lr
         return lr
 

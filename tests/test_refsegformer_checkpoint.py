@@ -98,13 +98,16 @@ def test_small_released_checkpoint_puts_every_tensor_in_its_place(tmp_path: Path
         torch.testing.assert_close(
             ours[f"encoder.swin.encoder.layers.1.blocks.0.attention.{name}.weight"], qkv[i * c : (i + 1) * c]
         )
-    pairs = {
+    pairs = {  # ours (encoder. / decoder. / existence.) -> official
         "encoder.swin.embeddings.patch_embeddings.projection.weight": "image_encoder.patch_embed.proj.weight",
-        "encoder.swin.encoder.layers.2.downsample.reduction.weight": "image_encoder.layers.2.downsample.reduction.weight",
+        "encoder.swin.encoder.layers.2.downsample.reduction.weight": "image_encoder.layers.2.downsample.reduction."
+        "weight",
         "encoder.stage_fusion.fusions.2.memory_token.weight": "image_encoder.layers.1.VLTF.memory_token.weight",
         "encoder.stage_fusion.fusions.4.feature_fuse.fc_o.bias": "image_encoder.layers.3.VLTF.feature_fuse.fc_o.bias",
-        "encoder.stage_fusion.fusions.3.output_proj.1.running_var": "image_encoder.layers.2.VLTF.output_proj.1.running_var",
-        "encoder.text_encoder.encoder.layer.0.attention.self.query.weight": "text_encoder.encoder.layer.0.attention.self.query.weight",
+        "encoder.stage_fusion.fusions.3.output_proj.1.running_var": "image_encoder.layers.2.VLTF.output_proj.1."
+        "running_var",
+        "encoder.text_encoder.encoder.layer.0.attention.self.query.weight": "text_encoder.encoder.layer.0.attention."
+        "self.query.weight",
         "encoder.text_encoder.embeddings.word_embeddings.weight": "text_encoder.embeddings.word_embeddings.weight",
         "decoder.cross_attns.0.k_proj.weight": "segmentation.cross_attns.0.fc_k.weight",
         "existence.src_cross_attn.out_proj.weight": "segmentation.src_cross_attn.fc_o.weight",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from risbench.errors import IncompatibleError
+from risbench.errors import IncompatibleError, RisbenchError
 from risbench.flops import count_flops
 from risbench.models.decoders.refsegformer_common import official_attention  # noqa: F401  (shared with the head)
 from risbench.models.existence.refsegformer import RefSegformerExistenceConfig, RefSegformerExistenceHead
@@ -164,3 +164,12 @@ def test_presets_carry_the_head() -> None:
 
     for name in ("refsegformer", "refsegformer-tiny"):
         assert resolve_model_spec(name)["existence"]["name"] == "refsegformer"
+
+
+def test_passthrough_without_projections_holds_nothing() -> None:
+    with torch.device("meta"):
+        model = build_model("refsegformer")
+    assert sum(p.numel() for p in model.fpn.parameters()) == 0
+    assert model.fpn.out_spec.traits == frozenset({"pyramid"}) and model.fpn.out_spec.dim == 1024
+    with pytest.raises(RisbenchError, match="dim 64 needs project: true"):
+        build_model("refsegformer", fpn={"name": "passthrough", "project": False, "dim": 64})

@@ -1,7 +1,8 @@
 """`risbench train CONFIG`, `risbench eval RUN_DIR`, `risbench predict RUN_DIR IMAGE "expression"`.
 
 eval / predict also take a run config file with `--checkpoint PATH` (and `--set`): a released model's weights
-(risbench.train.weights: risbench's layout or DETRIS's), evaluated with that config's data and settings."""
+(risbench.train.weights: risbench's layout, DETRIS's or RefSegformer's), evaluated with that config's data and
+settings."""
 
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(None, "--threshold", help="foreground when sigmoid > threshold (default 0.35)"),
         resolution: str = typer.Option(None, "--resolution", help="original | input"),
         checkpoint: str = typer.Option(
-            "auto", "--checkpoint", help="auto | best | last | a path (risbench's .pt or a released DETRIS .pth)"
+            "auto",
+            "--checkpoint",
+            help="auto | best | last | a path (risbench's .pt, a released DETRIS .pth or RefSegformer ckpt.pth)",
         ),
         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE on a run config file (not on a run folder)"),
         swap_text: bool = typer.Option(False, "--swap-text", help="give every sample another sample's expression"),
@@ -128,7 +131,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("overlay.png"), "--out", help="where to write the overlay PNG"),
         threshold: float = typer.Option(None, "--threshold"),
         checkpoint: str = typer.Option(
-            "auto", "--checkpoint", help="auto | best | last | a path (risbench's .pt or a released DETRIS .pth)"
+            "auto",
+            "--checkpoint",
+            help="auto | best | last | a path (risbench's .pt, a released DETRIS .pth or RefSegformer ckpt.pth)",
         ),
         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE on a run config file (not on a run folder)"),
     ) -> None:

@@ -32,6 +32,10 @@ class FeatureSpec:
     text_dim: int
     traits: frozenset[str]
     sentence_dim: int = 0  # width of `EncoderFeatures.sentence` (trait "sentence"); 0 when there is none
+    # per output stage, the width and head count of `EncoderFeatures.memory[k]` (0 where that stage has none;
+    # empty without the trait "stage_memory")
+    memory_dims: tuple[int, ...] = ()
+    memory_heads: tuple[int, ...] = ()
 
 
 @dataclass
@@ -154,9 +158,14 @@ class FPN(AttentionMaps, nn.Module):
 
 
 class Decoder(AttentionMaps, nn.Module):
-    """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`."""
+    """Base class of decoders: `forward(FusedFeatures, EncoderFeatures) -> DecoderOutput`.
+
+    `provides`: the keys of `DecoderOutput.aux` it fills in every forward for an existence head to read (e.g.
+    "exist_query"), checked against a head's `requires_decoder`; `aux_dims` (an instance attribute, set in
+    `__init__` by a decoder that provides any) their channel widths."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
     # options that build a small instance: the contract tests (tests/test_contracts.py) build every
     # registered component with them, at CPU speed
     tiny_options: ClassVar[dict[str, Any]] = {}
@@ -172,8 +181,10 @@ class ExistenceHead(nn.Module):
     """Base class of existence heads (the EXISTENCE_HEADS registry, risbench.models.existence): whether the
     referred object is in the image, one logit per sample.
 
-    Built as `cls(cfg, fused_spec, encoder_spec)` next to the decoder when the model spec has an `existence:`
-    section; `requires` are FPN-output traits it needs (checked like a decoder's). forward(fused, feats, out)
+    Built as `cls(cfg, fused_spec, encoder_spec, aux_dims)` (`aux_dims`: the decoder's, {} when it has none)
+    next to the decoder when the model spec has an `existence:` section;
+    `requires` are FPN-output traits it needs (checked like a decoder's), `requires_encoder` encoder traits
+    and `requires_decoder` keys the decoder `provides` in `out.aux`. forward(fused, feats, out)
     reads what the FPN handed the decoder (`fused`: visual map, words + pad mask, sentence when the trait
     "sentence" is there), the encoder's features (`feats`) and the decoder's output (`out`: the mask logits,
     and in `out.aux` any inner feature a decoder exposes for a head that documents the key it reads)
@@ -182,6 +193,8 @@ class ExistenceHead(nn.Module):
     sigmoid(logit) < `cfg.threshold` (0.5, as the R-RIS code), so every config has a `threshold` field."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    requires_encoder: ClassVar[frozenset[str]] = frozenset()
+    requires_decoder: ClassVar[frozenset[str]] = frozenset()
     tiny_options: ClassVar[dict[str, Any]] = {}
 
     def forward(self, fused: FusedFeatures, feats: EncoderFeatures, out: DecoderOutput) -> Tensor:

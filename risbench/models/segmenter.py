@@ -83,7 +83,11 @@ def build_segmenter(spec: dict[str, Any], where: str = "model") -> Segmenter:
         head_name, head_cfg = parts["existence"]
         head_cls = EXISTENCE_HEADS.get(head_name).obj
         check_traits("existence head", head_name, head_cls.requires, "fpn", fpn_name, fpn.out_spec.traits)
-        existence = head_cls(head_cfg, fpn.out_spec, encoder.out_spec)
+        check_traits(
+            "existence head", head_name, head_cls.requires_encoder, "encoder", enc_name, encoder.out_spec.traits
+        )
+        check_traits("existence head", head_name, head_cls.requires_decoder, "decoder", dec_name, dec_cls.provides)
+        existence = head_cls(head_cfg, fpn.out_spec, encoder.out_spec, dict(getattr(decoder, "aux_dims", {})))
     return Segmenter(encoder, fpn, decoder, copy.deepcopy(spec), existence)
 
 

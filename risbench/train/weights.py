@@ -4,7 +4,9 @@ model); and which weights file layout that checkpoint is in.
 Layouts recognised by `load_model_weights`:
 - risbench's own (`{"model": state_dict, ...}`, train/checkpoint.py), strictly;
 - DETRIS's released `.pth` (jiaqihuang01/DETRIS: `{"state_dict": {"module.dinov2.*", "module.txt_backbone.*",
-  "module.neck.*", ...}}`), converted key by key (risbench.models.detris_checkpoint).
+  "module.neck.*", ...}}`), converted key by key (risbench.models.detris_checkpoint);
+- RefSegformer's released `ckpt.pth` (jianzongwu/robust-ref-seg: `{"model": {"text_encoder.*", "image_encoder.*",
+  "segmentation.*"}, ...}`), converted key by key (risbench.models.refsegformer_checkpoint).
 A file that fits neither, or does not fit the model, is one RisbenchError line.
 
 OpenAI's `ViT-B-16.pt` is a TorchScript archive, not a state dict: the CLIP text tower reads its tensors
@@ -26,6 +28,7 @@ from risbench.spec import load_config
 from risbench.train.config import apply_run_overrides, resolve_run_config
 
 DETRIS_PREFIXES = ("dinov2.", "txt_backbone.", "neck.", "decoder.", "proj.")
+REFSEGFORMER_PREFIXES = ("text_encoder.", "image_encoder.", "segmentation.")
 
 
 def read_target(target: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict[str, Any], bool]:
@@ -60,8 +63,11 @@ def read_weights(path: Path) -> Any:
 
 
 def checkpoint_layout(obj: Any) -> str:
-    """'risbench', 'detris' or 'unknown' for the object a checkpoint file holds."""
+    """'risbench', 'detris', 'refsegformer' or 'unknown' for the object a checkpoint file holds."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        keys = [k[len("module.") :] if str(k).startswith("module.") else str(k) for k in obj["model"]]
+        if any(k.startswith("segmentation.") for k in keys) and all(k.startswith(REFSEGFORMER_PREFIXES) for k in keys):
+            return "refsegformer"
         return "risbench"
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if isinstance(sd, dict) and sd:
@@ -98,8 +104,17 @@ def load_model_weights(model: nn.Module, path: str | Path) -> str:
         except (RuntimeError, ValueError, IndexError) as exc:  # a tensor the conversion cannot reshape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RisbenchError(f"detris checkpoint {path} does not fit the model ({first})") from None
+    elif layout == "refsegformer":
+        from risbench.models.refsegformer_checkpoint import load_refsegformer_checkpoint
+
+        try:
+            load_refsegformer_checkpoint(model, path)
+        except (RuntimeError, ValueError, IndexError) as exc:  # a tensor the conversion cannot reshape
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RisbenchError(f"refsegformer checkpoint {path} does not fit the model ({first})") from None
     else:
         raise RisbenchError(
-            f"{path}: neither a risbench checkpoint ({{'model': ...}}) nor a released layout it knows (DETRIS)"
+            f"{path}: neither a risbench checkpoint ({{'model': ...}}) nor a released layout it knows "
+            "(DETRIS, RefSegformer)"
         )
     return layout

@@ -13,6 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from risbench.models.layers import Attention
+
+
+def official_attention(dim: int, heads: int, kv_dim: int | None = None) -> Attention:
+    """Multi-head attention initialised as `ScaledDotProductAttention` (model/VLTF.py): weights N(0, 0.001^2),
+    zero biases; q/k/v/out projections, as the decoders' cross-attentions and the existence head use it."""
+    attn = Attention(dim, heads, kv_dim=kv_dim)
+    for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+        nn.init.normal_(lin.weight, std=0.001)
+        nn.init.zeros_(lin.bias)
+    return attn
+
 
 class TwoClassConv(nn.Conv2d):
     """Conv1x1 to (background, foreground) logits, returned as one logit fg - bg: (B, C, H, W) -> (B, 1, H, W)."""

@@ -91,6 +91,7 @@ class RefSegformerPixelDecoder(Decoder):
     """
 
     requires = frozenset({"pyramid"})
+    provides = frozenset({"exist_query"})
     tiny_options: ClassVar[dict[str, Any]] = {
         "dim": 16,
         "num_layers": 1,
@@ -109,6 +110,7 @@ class RefSegformerPixelDecoder(Decoder):
                 f"{cfg.num_levels + 1} pyramid levels, but the fpn gives {len(dims)} (widths {dims})"
             )
         self.cfg = cfg
+        self.aux_dims = {"exist_query": cfg.dim}
         n, lv = len(dims), cfg.num_levels
         self.strides = tuple(in_spec.pyramid_strides)
         # coarsest first, as mmdet orders input_convs and level_encoding

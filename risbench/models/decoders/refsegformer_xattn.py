@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from risbench.errors import IncompatibleError, RisbenchError
-from risbench.models.decoders.refsegformer_common import TwoClassConv, exists_of, full_mask, negative_weighted_ce
+from risbench.models.decoders.refsegformer_common import (
+    TwoClassConv,
+    exists_of,
+    full_mask,
+    negative_weighted_ce,
+    official_attention,
+)
 from risbench.models.interfaces import (
     Decoder,
     DecoderOutput,
@@ -23,7 +29,6 @@ from risbench.models.interfaces import (
     map_to_tokens,
     tokens_to_map,
 )
-from risbench.models.layers import Attention
 from risbench.registry import DECODERS
 
 MEMORY_SOURCES = ("auto", "fusion", "words")
@@ -41,15 +46,6 @@ class MultiScaleProj(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x))))))
-
-
-def official_attention(dim: int, heads: int, kv_dim: int | None = None) -> Attention:
-    """Multi-head attention initialised as `ScaledDotProductAttention`: weights N(0, 0.001^2), zero biases."""
-    attn = Attention(dim, heads, kv_dim=kv_dim)
-    for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
-        nn.init.normal_(lin.weight, std=0.001)
-        nn.init.zeros_(lin.bias)
-    return attn
 
 
 @dataclass
@@ -86,6 +82,7 @@ class RefSegformerXattnDecoder(Decoder):
     """
 
     requires = frozenset({"pyramid"})
+    provides = frozenset({"exist_query"})
     tiny_options: ClassVar[dict[str, Any]] = {"num_heads": (1, 2, 2, 2)}
 
     def __init__(self, cfg: RefSegformerXattnConfig, in_spec: FusedSpec, enc_spec: FeatureSpec) -> None:
@@ -106,6 +103,7 @@ class RefSegformerXattnDecoder(Decoder):
                 "set memory_source: words"
             )
         self.cfg = cfg
+        self.aux_dims = {"exist_query": dims[1]} if n > 1 else {}
         self.use_fusion = cfg.memory_source == "fusion" or (cfg.memory_source == "auto" and has_memory)
         self.cross_attns = nn.ModuleList(official_attention(dims[i], cfg.num_heads[i]) for i in range(1, n))
         self.norms = nn.ModuleList(nn.BatchNorm2d(dims[i]) for i in range(1, n))
@@ -130,9 +128,9 @@ class RefSegformerXattnDecoder(Decoder):
         masks: dict[int, Tensor] = {}
         aux: dict[str, Tensor] = {}
         for i in reversed(range(len(pyramid))):
+            if i == 1:
+                aux["exist_query"] = x
             if 0 < i <= self.cfg.n_fuse:
-                if i == 1:
-                    aux["exist_query"] = x
                 mem, key_mask = self._memory(i, feats)
                 att = self.cross_attns[i - 1](map_to_tokens(x), mem, key_mask=key_mask)
                 x = x + self.norms[i - 1](tokens_to_map(att, tuple(x.shape[-2:])))

@@ -224,17 +224,22 @@ class SwinBertEncoder(Encoder):
 
         self.stage_fusion: StageFusionHook | None = None
         traits = {"multi_scale", "text_tokens"}
+        memory_stages: list[int] = []
         if cfg.stage_fusion is not None:
             infos = [StageInfo(i + 1, dims[i], heads[i], self.text_dim) for i in range(self.num_stages)]
             self.stage_fusion = StageFusionHook(cfg.stage_fusion, infos)
-            if any(getattr(m, "gives_memory", False) for m in self.stage_fusion.fusions.values()):
+            memory_stages = [int(s) for s, m in self.stage_fusion.fusions.items() if getattr(m, "gives_memory", False)]
+            if memory_stages:
                 traits.add("stage_memory")
         self._apply_freeze(cfg.freeze)
+        mem_outs = self.out_indices if memory_stages else ()  # memory widths / Swin heads per output stage
         self.out_spec = FeatureSpec(
             visual_dims=tuple(dims[s - 1] for s in self.out_indices),
             visual_strides=tuple(cfg.patch_size * 2 ** (s - 1) for s in self.out_indices),
             text_dim=self.text_dim,
             traits=frozenset(traits),
+            memory_dims=tuple(dims[s - 1] if s in memory_stages else 0 for s in mem_outs),
+            memory_heads=tuple(heads[s - 1] if s in memory_stages else 0 for s in mem_outs),
         )
 
         self.swin_report: SwinLoadReport | None = None

@@ -54,8 +54,15 @@ class PooledExistenceHead(ExistenceHead):
     """Generic: mean- and mask-pooled fused map, words' masked mean (and sentence), LayerNorm + MLP -> logit."""
 
     tiny_options = {"hidden_dim": 16}
+    requires = frozenset({"text_tokens"})
 
-    def __init__(self, cfg: PooledExistenceConfig, fused_spec: FusedSpec, encoder_spec: FeatureSpec) -> None:
+    def __init__(
+        self,
+        cfg: PooledExistenceConfig,
+        fused_spec: FusedSpec,
+        encoder_spec: FeatureSpec,
+        aux_dims: dict[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         dim = fused_spec.dim

@@ -98,3 +98,14 @@ def peak_cache_in_tmp(tmp_path_factory):
         os.environ.pop("RISBENCH_PEAK_CACHE", None)
     else:
         os.environ["RISBENCH_PEAK_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: two OpenMP threads spin on a busy 2-core machine
+    (measured 60x slower under load). Results are the same either way. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

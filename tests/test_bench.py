@@ -23,13 +23,7 @@ SMALL = [
 SETS = [a for s in SMALL for a in ("--set", s)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two OpenMP threads of these tiny models spin on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_bench_writes_one_row_per_batch_size(tmp_path):

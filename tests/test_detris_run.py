@@ -31,12 +31,7 @@ TINY_DUAL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_risbench_train_runs_a_tiny_dual_config(tmp_path: Path) -> None:

@@ -30,13 +30,7 @@ TINY = {
 HEAD = {"name": "pooled", "hidden_dim": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for these tiny models (see tests/test_train.py's fixture of the same name)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(existence: dict | None = None, seed: int = 0, **sections):

@@ -42,12 +42,7 @@ CPU = torch.device("cpu")
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_batch(padded: bool, n: int = 2, length: int = 8) -> dict:

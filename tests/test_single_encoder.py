@@ -11,6 +11,7 @@ import pytest
 
 from risbench.config import PROJECT_ROOT
 from risbench.runner.experiment import load_experiment
+from risbench.train import pretrain
 
 FILE = PROJECT_ROOT / "experiments" / "single_encoder.yaml"
 
@@ -76,7 +77,8 @@ def test_equal_pretraining_and_fine_tuning(exp):
 def test_dry_run_needs_no_artifact(tmp_path, monkeypatch, capsys):
     from risbench.cli.main import main
 
-    monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))  # the dual pretraining is nowhere
+    monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))  # the dual pretraining is nowhere:
+    monkeypatch.setattr(pretrain, "COMMITTED_DIR", tmp_path / "committed")  # neither cached nor committed
     exp = load_experiment(FILE)
     assert not _rows(exp)[1].pretrain.exists()
     assert main(["run", str(FILE), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
@@ -87,6 +89,7 @@ def test_flops_only_needs_no_artifact(tmp_path, monkeypatch):
     from risbench.cli.main import main
 
     monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrain, "COMMITTED_DIR", tmp_path / "committed")
     args = ["run", str(FILE), "--flops-only", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path)]
     assert main(args) == 0
     table = (tmp_path / "single_encoder" / "flops.md").read_text()

@@ -274,7 +274,7 @@ def test_figure_grid_and_attention(finished_run, tmp_path, capsys):
 
 def test_cpu_bf16_autocast_runs_are_reproducible(tmp_path):
     """The CPU fine-tuning recipe trains under bf16 autocast: the same seed gives the same metrics and
-    weights, and they differ from the fp32 run's (the switch is real)."""
+    weights, and the weights differ from the fp32 run's (the switch is real)."""
     from risbench.train.api import train_run
     from risbench.train.checkpoint import load_checkpoint
 
@@ -282,8 +282,9 @@ def test_cpu_bf16_autocast_runs_are_reproducible(tmp_path):
     for name, amp in (("a", "bf16"), ("b", "bf16"), ("fp32", "off")):
         cfg = tiny_config(tmp_path, amp=amp, max_steps=3, val_every=0)
         runs[name] = (train_run(cfg, tmp_path / name, quiet=True), tmp_path / name)
-    (ma, da), (mb, db), (mf, _) = runs["a"], runs["b"], runs["fp32"]
-    assert ma["splits"] == mb["splits"] and ma["splits"] != mf["splits"]
-    a = load_checkpoint(da / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(db / "checkpoints" / "last.pt")["model"]
+    (ma, da), (mb, db), (_, df) = runs["a"], runs["b"], runs["fp32"]
+    assert ma["splits"] == mb["splits"]
+    a, b, f = (load_checkpoint(d / "checkpoints" / "last.pt")["model"] for d in (da, db, df))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the weights, not the metrics: a tiny 3-step model can score the same in both precisions
+    assert not all(torch.equal(a[k], f[k]) for k in a)

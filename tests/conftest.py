@@ -13,6 +13,18 @@ from risbench.models.interfaces import FPN, Decoder, EncoderFeatures, FeatureSpe
 from risbench.registry import DECODERS, FPNS
 
 B, L = 2, 6  # batch, text length (sample 1 has 2 padded positions)
+# `--set` overrides that shrink shared-ris-tiny to a model one test step runs in milliseconds
+SMALL = [
+    "encoder.image_size=32",
+    "encoder.embed_dim=32",
+    "encoder.num_heads=2",
+    "encoder.depth=2",
+    "encoder.out_indices=[1,2]",
+    "fpn.dim=32",
+    "fpn.num_heads=2",
+    "decoder.num_heads=2",
+    "decoder.head.conv_dim=16",
+]
 
 
 @dataclass(frozen=True)

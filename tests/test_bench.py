@@ -6,20 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL
 
 from risbench.cli.main import main
 
-SMALL = [
-    "encoder.image_size=32",
-    "encoder.embed_dim=32",
-    "encoder.num_heads=2",
-    "encoder.depth=2",
-    "encoder.out_indices=[1,2]",
-    "fpn.dim=32",
-    "fpn.num_heads=2",
-    "decoder.num_heads=2",
-    "decoder.head.conv_dim=16",
-]
 SETS = [a for s in SMALL for a in ("--set", s)]
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import SMALL
 
 from risbench.config import to_dataclass
 from risbench.models.segmenter import build_segmenter
@@ -25,17 +26,6 @@ from risbench.train.speed import (
     use_fused,
 )
 
-SMALL = [
-    "encoder.image_size=32",
-    "encoder.embed_dim=32",
-    "encoder.num_heads=2",
-    "encoder.depth=2",
-    "encoder.out_indices=[1,2]",
-    "fpn.dim=32",
-    "fpn.num_heads=2",
-    "decoder.num_heads=2",
-    "decoder.head.conv_dim=16",
-]
 CPU = torch.device("cpu")
 # Where a switch runs other kernels (fused AdamW's update, NHWC convolutions, SDPA without a mask), the loss
 # after one update may differ in the last bits of fp32: relative 1e-5 is ~100 ulps at these magnitudes.

@@ -162,7 +162,7 @@ def benchmark_step(
         result["plain_loop_s_per_step_median"] = plain
         result["harness_overhead_pct"] = 100.0 * (median - plain) / plain
     if peak:
-        add_mfu(result, dev, remeasure_peak)
+        add_mfu(result, dev, remeasure_peak, bf16=uses_bf16(dev, recipe.amp))
     return result
 
 
@@ -202,11 +202,13 @@ def _batches(net, dev, batch_size, text_len, seed, recipe, data, num_workers) ->
     return itertools.repeat(batch)
 
 
-def add_mfu(result: dict[str, Any], dev: torch.device, remeasure: bool = False) -> dict[str, Any]:
+def add_mfu(
+    result: dict[str, Any], dev: torch.device, remeasure: bool = False, *, bf16: bool = False
+) -> dict[str, Any]:
     """Achieved TFLOP/s and MFU against the measured GEMM peak (in the step's precision) and, for a known GPU,
     the nominal one. A cached peak that the step itself beats was measured on a busy machine: it is measured
     again once, and `peak_remeasured` says so."""
-    dtype = peak_dtype(dev, bf16=result["amp"].startswith("bf16"))
+    dtype = peak_dtype(dev, bf16=bf16)
     peaks = device_peak(dev, result["device"]["name"], remeasure=remeasure, dtype=dtype)
     achieved = result["achieved_gflop_per_s"] * 1e9
     if peaks["measured"]["cached"] and achieved > peaks["measured"]["tflops"] * 1e12:

@@ -150,7 +150,8 @@ def test_a_cached_peak_the_step_beats_is_measured_again_and_cpu_bf16_has_its_own
     benchmark.add_mfu(result, cpu)
     assert result["peak"]["measured"]["tflops"] == 0.2 and result["mfu_measured"] == pytest.approx(0.5)
     assert "peak_remeasured" in result
-    bf16 = benchmark.add_mfu({"amp": "bf16 autocast", "device": {"name": "cpu-a"}, "achieved_gflop_per_s": 100.0}, cpu)
+    bf16_result = {"amp": "bf16 autocast", "device": {"name": "cpu-a"}, "achieved_gflop_per_s": 100.0}
+    bf16 = benchmark.add_mfu(bf16_result, cpu, bf16=True)
     assert bf16["peak"]["measured"]["dtype"] == "torch.bfloat16" and bf16["mfu_measured"] == pytest.approx(0.2)
     assert "peak_remeasured" not in bf16 and rates == {torch.float32: [], torch.bfloat16: []}
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from risbench.errors import UnknownNameError, unknown_name_message
 from risbench.runner import stats
+from risbench.runner.stats_robust import ROBUST, paired_ref_bootstrap, ref_groups, robust_point
 
 DEFAULT_DELTA = ("oiou", "miou")
 
@@ -34,6 +35,7 @@ class TableStats:
     note: dict[str, str] = field(default_factory=dict)  # variant -> why its differences are missing
     diff_seeds: dict[str, int] = field(default_factory=dict)  # variant -> paired seeds used
     sentences: dict[str, int] = field(default_factory=dict)  # variant -> sentences resampled
+    refs: dict[str, int] = field(default_factory=dict)  # variant -> refs resampled (r, rIoU)
     replicates: int = stats.DEFAULT_REPLICATES
     delta_columns: list[str] = field(default_factory=list)  # the Δ columns Markdown / LaTeX show
 
@@ -55,12 +57,14 @@ def resolve_reference(spec: dict[str, Any], variants: list[str], override: str |
 @dataclass
 class RunSentences:
     """One run's per-sentence file: its counts (None when missing), the setting it was evaluated at,
-    the sentence ids (as text; empty when the file has none) and why the counts are missing."""
+    the sentence ids (as text; empty when the file has none), each sentence's ref (dense codes) and why
+    the counts are missing."""
 
     counts: stats.Sentences | None
     setting: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     reason: str = ""
+    groups: np.ndarray | None = None
 
 
 def _sentences(run_dir: str | Path, split: str) -> RunSentences:
@@ -75,13 +79,22 @@ def _sentences(run_dir: str | Path, split: str) -> RunSentences:
         frame["index"].to_numpy(int), frame["exists"].to_numpy(bool), frame["inter"].to_numpy(int),
         frame["union"].to_numpy(int),
     )  # fmt: skip
-    return RunSentences(counts, setting, ids)
+    refs = list(frame["ref_id"]) if "ref_id" in frame else None
+    return RunSentences(counts, setting, ids, groups=ref_groups(refs, counts.index))
 
 
-def _check_against_metrics(s: stats.Sentences, reported: dict[str, float]) -> bool:
+def _check_against_metrics(found: RunSentences, reported: dict[str, float]) -> bool:
     """Whether the per-sentence file reproduces the run's metrics.json (a stale file would not)."""
-    ours = stats.point_metrics(s, list(reported))
-    return all(math.isclose(ours[m], v, rel_tol=1e-9, abs_tol=1e-9) for m, v in reported.items())
+    assert found.counts is not None and found.groups is not None
+    plain = {m: v for m, v in reported.items() if m not in ROBUST}
+    ours: dict[str, float | None] = dict(stats.point_metrics(found.counts, list(plain)))
+    robust = [m for m in reported if m in ROBUST]
+    if robust:
+        ours.update(robust_point(found.counts, found.groups, robust))
+    return all(
+        ours[m] is not None and math.isclose(ours[m], v, rel_tol=1e-9, abs_tol=1e-9)  # type: ignore[arg-type]
+        for m, v in reported.items()
+    )
 
 
 def compute_stats(
@@ -100,7 +113,7 @@ def compute_stats(
             ci = stats.seed_interval(list(values))
             if ci.low is not None:
                 ci_low.loc[variant, metric], ci_high.loc[variant, metric] = ci.low, ci.high
-    acc = [c for c in columns if c in stats.ACCURACY]
+    acc = [c for c in columns if c in stats.ACCURACY or c in ROBUST]
     diff = pd.DataFrame(math.nan, index=variants, columns=acc)
     out = TableStats(
         reference, ci_low, ci_high, diff, diff.copy(), diff.copy(),
@@ -118,7 +131,7 @@ def compute_stats(
             _sentences(run_dir, split) if run_dir is not None else RunSentences(None, reason="no per-sentence results")
         )
         reported = dict(zip(rows["metric"], rows["value"], strict=True))
-        if found.counts is not None and not _check_against_metrics(found.counts, reported):
+        if found.counts is not None and not _check_against_metrics(found, reported):
             found = RunSentences(None, reason="per-sentence file does not match metrics.json")
         runs.setdefault(variant, {})[int(seed)] = found
     ref_runs = {s: r for s, r in runs.get(reference, {}).items() if r.counts is not None}
@@ -142,9 +155,14 @@ def compute_stats(
             out.note[variant] = "no evaluated sentences"
         if variant in out.note:
             continue
-        result = stats.paired_bootstrap(
-            [usable[s].counts for s in common], [ref_runs[s].counts for s in common], acc, replicates=replicates
-        )
+        mine_counts, ref_counts = [usable[s].counts for s in common], [ref_runs[s].counts for s in common]
+        plain, robust = [m for m in acc if m not in ROBUST], [m for m in acc if m in ROBUST]
+        result = stats.paired_bootstrap(mine_counts, ref_counts, plain, replicates=replicates) if plain else {}
+        if robust:
+            groups = ref_runs[common[0]].groups
+            assert groups is not None
+            result.update(paired_ref_bootstrap(mine_counts, ref_counts, groups, robust, replicates=replicates))
+            out.refs[variant] = int(groups.max()) + 1 if len(groups) else 0
         for m, d in result.items():
             out.diff.loc[variant, m] = d.diff
             out.diff_low.loc[variant, m] = math.nan if d.low is None else d.low
@@ -169,5 +187,7 @@ def _same_sentences(pairs: list[tuple[RunSentences, RunSentences]]) -> bool:
         if not (np.array_equal(a.index, b.index) and np.array_equal(a.exists, b.exists)):
             return False
         if mine.ids and ref.ids and mine.ids != ref.ids:
+            return False
+        if mine.groups is not None and ref.groups is not None and not np.array_equal(mine.groups, ref.groups):
             return False
     return len(sizes) == 1

@@ -26,6 +26,7 @@ from risbench.runner.collect import collect, read_json
 from risbench.runner.columns import COLUMNS, COST, DECIMALS, HIGHER_IS_BETTER, LABELS
 from risbench.runner.pretrained import describe_weights
 from risbench.runner.stats import DEFAULT_REPLICATES
+from risbench.runner.stats_robust import ROBUST
 from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
 
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
@@ -187,8 +188,14 @@ def delta_caption(st: TableStats) -> str:
     seed_word = "seed" if seeds == "1" else "seeds"
     if st.replicates <= 0:
         return f"Δ vs {st.reference}: mean over {seeds} paired {seed_word}, no interval (bootstrap off)"
+    over = f"{sentences} sentences"
+    robust = [c for c in st.diff.columns if c in ROBUST]
+    if robust and st.refs:
+        names = " and ".join(f"Δ {LABELS[c]}" for c in robust)
+        refs = span([st.refs[v] for v in st.refs])
+        over += f" ({names}: over their {refs} refs, each ref's sentences drawn together)"
     return (
-        f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
+        f"Δ vs {st.reference}: paired bootstrap over {over} and {seeds} {seed_word}, "
         f"{st.replicates} replicates, percentile 95% CI; * = CI excludes 0"
     )
 

@@ -138,7 +138,24 @@ def test_run_with_a_model_preset(tmp_path: Path) -> None:
     assert tiny["encoder"]["size"] == "tiny" and b["encoder"]["size"] == "base"
 
 
+def test_run_with_its_own_recipe(tmp_path: Path) -> None:
+    """A run's `recipe:` replaces the base's recipe and the base's tokenizer/train/eval keys; its own sections
+    go on top; the other runs keep the base's."""
+    base = {**experiment()["base"], "recipe": "cpu-finetune", "train": {"max_steps": 2, "lr": 0.123}}
+    runs = [
+        {"name": "own", "recipe": "refsegformer", "train": {"max_steps": 3}},
+        {"name": "base"},
+    ]
+    exp = load_experiment(write(tmp_path / "e.yaml", experiment(base=base, runs=runs, seeds=[0])))
+    own, plain = (r.config for r in exp.runs)
+    assert own["train"]["lr"] == 3.0e-5 and own["train"]["schedule"] == "poly"  # the run's recipe, not the base's lr
+    assert own["train"]["max_steps"] == 3 and own["eval"]["threshold"] == 0.5
+    assert own["train"]["loss"]["name"] == "refsegformer_ce" and own["data"] == plain["data"]
+    assert plain["train"]["lr"] == 0.123 and plain["train"]["max_steps"] == 2 and plain["eval"]["threshold"] == 0.35
+
+
 BROKEN = {
+    "unknown run recipe": ({"runs": [{"name": "a", "recipe": "refsegformr"}]}, "did you mean"),
     "unknown top-level key": ({"sedes": [0]}, "sedes"),
     "unknown run key": ({"runs": [{"name": "a", "sett": {"fpn.name": "none"}}]}, "sett"),
     "unknown component": ({"runs": [{"name": "a", "set": {"fpn.name": "crs"}}]}, "model.fpn.name"),

@@ -14,6 +14,8 @@ An experiment file (YAML)::
       - {name: none, set: {fpn.name: none}}
       # a run's own `pretrain:` (preset, file or mapping) replaces base.pretrain for that run, e.g. a row with
       # another encoder: {name: dual, model: dual-ris-tiny, pretrain: swin-bert-tiny-synthref}
+      # a run's own `recipe:` replaces the base's recipe with its tokenizer/train/eval keys (the run's own
+      # sections still go on top), e.g. another method trained as its paper trains it: {recipe: refsegformer}
       - {name: cris, set: {fpn.name: cris, fpn.out_dim: 128}}
     grid: {decoder.num_layers: [1, 2]}   # optional cartesian product (on top of each run)
     seeds: [0, 1, 2]
@@ -44,7 +46,7 @@ from risbench.config import parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
-from risbench.runner.resolve import RUN_SECTIONS, key_exists, resolve_base, validate_run_config
+from risbench.runner.resolve import RUN_SECTIONS, key_exists, load_recipe, resolve_base, validate_run_config
 from risbench.spec import SECTION_KEYS, full_key, load_config, merge, resolve_model, set_key
 from risbench.train.config import comparable
 
@@ -82,6 +84,9 @@ class TableSpec:
             raise ValueError("cost: " + unknown_name_message("cost part", self.cost, COST_PARTS))
 
 
+RECIPE_SECTIONS = ("tokenizer", "train", "eval")  # what a recipe sets, and what a run's own recipe replaces
+
+
 @dataclass
 class RunVariant:
     """One entry of `runs:`."""
@@ -95,6 +100,7 @@ class RunVariant:
     eval: dict[str, Any] | None = None
     description: str | None = None
     pretrain: Any = None  # this run fine-tunes from this pretraining instead of base.pretrain (pretrained.py)
+    recipe: str | None = None  # this run's recipe: replaces the base's recipe and its tokenizer/train/eval keys
 
 
 @dataclass
@@ -181,11 +187,20 @@ def _slug(text: str) -> str:
 
 
 def _apply_variant(
-    base: dict[str, Any], variant: RunVariant, where: str, pretrain: PretrainRef | None = None
+    base: dict[str, Any], variant: RunVariant, where: str, pretrain: PretrainRef | None = None, root: Path | None = None
 ) -> dict[str, Any]:
-    """The base config with the variant's sections merged, then its own pretraining (`pretrain`), then its
-    `set:` keys (so that a `set:` can still send the run back to random init)."""
+    """The base config with the variant's recipe (which replaces the base's tokenizer / train / eval sections)
+    and sections merged, then its own pretraining (`pretrain`), then its `set:` keys (so that a `set:` can
+    still send the run back to random init)."""
     cfg = copy.deepcopy(base)
+    if variant.recipe is not None:
+        recipe = load_recipe(variant.recipe, f"{where}.recipe", root)
+        bad = [k for k in recipe if k not in RECIPE_SECTIONS]
+        if bad:
+            message = unknown_name_message("recipe section", bad[0], RECIPE_SECTIONS)
+            raise UnknownNameError(f"{where}.recipe: {message}")
+        for section in RECIPE_SECTIONS:
+            cfg[section] = recipe.get(section) or {}
     for section in RUN_SECTIONS:
         value = getattr(variant, section)
         if value is None:
@@ -281,7 +296,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     for variant in variants:
         vwhere = f"{where}.runs[{variant.name}]" if exp.runs else f"{where}.base"
         own = refs[variant.name] if variant.pretrain is not None else None
-        vcfg = _apply_variant(base, variant, vwhere, own)
+        vcfg = _apply_variant(base, variant, vwhere, own, root=path.parent)
         vresolved = validate_run_config(vcfg, vwhere) if grid else {}
         for key in grid:
             if not key_exists(vcfg, vresolved, key):

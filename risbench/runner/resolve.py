@@ -35,18 +35,7 @@ def resolve_base(base: dict[str, Any], where: str, root: Path | None = None) -> 
     unknown = [k for k in base if k not in BASE_KEYS]
     if unknown:
         raise UnknownNameError(f"{where}: " + unknown_name_message("key", unknown[0], BASE_KEYS))
-    cfg: dict[str, Any] = {}
-    if base.get("recipe") is not None:
-        recipe = base["recipe"]
-        if not isinstance(recipe, str):
-            raise RisbenchError(f"{where}.recipe: expected a recipe preset name, got {recipe!r}")
-        if root is not None and (root / recipe).is_file():
-            recipe = str(root / recipe)
-        try:
-            cfg = load_config(find_preset("recipes", recipe))
-        except RisbenchError as exc:
-            raise _prefixed(exc, f"{where}.recipe") from None
-        cfg.pop("description", None)
+    cfg: dict[str, Any] = load_recipe(base["recipe"], f"{where}.recipe", root) if base.get("recipe") is not None else {}
     for section in RUN_SECTIONS:
         if section not in base:
             continue
@@ -67,6 +56,20 @@ def resolve_base(base: dict[str, Any], where: str, root: Path | None = None) -> 
             raise RisbenchError(f"{where}: missing required key {key}")
     for section in ("tokenizer", "train", "eval"):
         cfg.setdefault(section, {})
+    return cfg
+
+
+def load_recipe(recipe: Any, where: str, root: Path | None = None) -> dict[str, Any]:
+    """A recipe preset (registry/recipes/, or a file beside the experiment) as its run-config sections."""
+    if not isinstance(recipe, str):
+        raise RisbenchError(f"{where}: expected a recipe preset name, got {recipe!r}")
+    if root is not None and (root / recipe).is_file():
+        recipe = str(root / recipe)
+    try:
+        cfg = load_config(find_preset("recipes", recipe))
+    except RisbenchError as exc:
+        raise _prefixed(exc, where) from None
+    cfg.pop("description", None)
     return cfg
 
 

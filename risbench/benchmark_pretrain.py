@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from risbench.benchmark import _memory, throughput, time_steps
+from risbench.benchmark import _memory, add_mfu, throughput, time_steps
 from risbench.flops import count_flops
 from risbench.io import device_info, git_info, package_versions
 from risbench.train.evaluate import uses_bf16
@@ -37,9 +37,12 @@ def benchmark_pretrain_step(
     warmup: int = 5,
     seed: int = 0,
     on_step: Callable[[str, int, int], None] | None = None,
+    peak: bool = True,
+    remeasure_peak: bool = False,
 ) -> dict[str, Any]:
     """Time `steps` steps of a pretraining config's objective (random images, random word ids at the
-    config's tokenizer.max_len) with `risbench pretrain`'s own step, after `warmup` untimed ones."""
+    config's tokenizer.max_len) with `risbench pretrain`'s own step, after `warmup` untimed ones; with
+    `peak`, the achieved rate against the device's GEMM peak in the step's precision (config train.amp)."""
     from risbench.spec import apply_overrides
     from risbench.train.config import normalize_raw
     from risbench.train.pretrain import build_objective, pretrain_step, tokenizer_cache
@@ -92,4 +95,7 @@ def benchmark_pretrain_step(
         "versions": package_versions(),
         "seed": seed,
     }
-    return _memory(result, dev)
+    result = _memory(result, dev)
+    if peak:
+        add_mfu(result, dev, remeasure_peak, bf16=uses_bf16(dev, cfg.train.amp))
+    return result

@@ -87,7 +87,12 @@ def test_bench_times_a_pretraining_step(tmp_path, monkeypatch):
     (r,) = json.loads((tmp_path / "out" / "bench.json").read_text())["results"]
     assert r["mode"] == "pretrain" and r["input"] == {"image_size": 32, "text_len": 10, "batch_size": 4}
     assert r["gflop_per_step"] > 0 and r["achieved_gflop_per_s"] > 0
-    assert "--pretrain" in (tmp_path / "out" / "bench.md").read_text()
+    peak = r["peak"]["measured"]  # the config's train.amp is off: an fp32 step against the fp32 GEMM peak
+    assert r["amp"] == "off (fp32)" and peak["dtype"] == "float32"
+    assert r["mfu_measured"] == pytest.approx(r["achieved_gflop_per_s"] / 1000 / peak["tflops"])
+    table = (tmp_path / "out" / "bench.md").read_text()
+    command = next(line for line in table.splitlines() if line.startswith("- command:"))
+    assert "--pretrain" in command and "--amp" not in command  # a pretraining step's precision is its config's
 
 
 def test_bench_reports_mfu_phase_shares_and_the_plain_loop(tmp_path):

@@ -164,7 +164,9 @@ def register(app: typer.Typer) -> None:
         pretrain: str = typer.Option(
             None, "--pretrain", help="time a pretraining config's step instead (registry/pretrain/ name or YAML)"
         ),
-        amp: str = typer.Option("auto", "--amp", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or off"),
+        amp: str = typer.Option(
+            "auto", "--amp", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or off; --pretrain: the config's train.amp"
+        ),
         mode: str = typer.Option("train", "--mode", help="train (fwd + loss + bwd + AdamW) or infer (fwd)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
         steps: int = typer.Option(20, "--steps", help="timed steps"),
@@ -209,15 +211,16 @@ def register(app: typer.Typer) -> None:
 
                 if pretrain:
                     result = benchmark_pretrain_step(
-                        pretrain, set_, batch_size=bs, device=device, steps=steps, warmup=warmup, on_step=on_step
-                    )
+                        pretrain, set_, batch_size=bs, device=device, steps=steps, warmup=warmup, on_step=on_step,
+                        remeasure_peak=remeasure_peak,
+                    )  # fmt: skip
                 else:
                     result = benchmark_step(
                         model, set_, batch_size=bs, amp=amp, mode=mode, device=device, steps=steps, warmup=warmup,
                         text_len=text_len, speed=speed, data=data, num_workers=workers, baseline=baseline,
                         remeasure_peak=remeasure_peak, on_step=on_step,
                     )  # fmt: skip
-                    remeasure_peak = False  # once per command
+                remeasure_peak = False  # once per command
             results.append(result)
             for line in render(result):
                 console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -230,7 +233,8 @@ def register(app: typer.Typer) -> None:
             target = ["--pretrain", pretrain] if pretrain else ["--model", model]
             args = ["risbench", "bench", *target, *[a for s in set_ for a in ("--set", s)]]
             args += [a for bs in batch_size for a in ("--batch-size", str(bs))]
-            args += ["--amp", amp, "--mode", mode, "--steps", str(steps), "--warmup", str(warmup)]
+            args += [] if pretrain else ["--amp", amp, "--mode", mode]
+            args += ["--steps", str(steps), "--warmup", str(warmup)]
             args += ["--text-len", str(text_len), *[a for s in speed for a in ("--speed", s)]]
             if data:
                 args += ["--data", data, "--workers", str(workers)]

@@ -64,6 +64,44 @@ def test_patchify_matches_token_order():
     assert torch.equal(patches[:, 1, :3], image[:, :, 0, 2])
 
 
+@pytest.mark.parametrize("norm_target", [True, False])
+def test_mim_target_per_patch_normalised_or_as_given(norm_target):
+    """A flat image: per-patch normalised targets are 0, so a head that predicts 0 scores 0; without the
+    normalisation the target is the pixel value itself (0.5 here), and the same head scores 0.25."""
+    from types import SimpleNamespace
+
+    from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
+    from risbench.models.encoders.beit3_pretrain import Beit3MaskedDataModelling, Beit3MdmConfig
+
+    torch.manual_seed(0)
+    encoder = Beit3Encoder(Beit3Config(**TINY_ENCODER, size="tiny", patch_size=8, vocab_size=50))
+    tokenizer = SimpleNamespace(mask_id=49, bos_id=0, eos_id=2)
+    cfg = Beit3MdmConfig(image_mask_ratio=0.5, norm_target=norm_target)
+    objective = Beit3MaskedDataModelling(cfg, encoder, tokenizer)
+    torch.nn.init.zeros_(objective.mim_head.weight)
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    batch = {
+        "image": torch.full((1, 3, 32, 32), 0.5),
+        "text_ids": ids,
+        "text_pad_mask": torch.zeros_like(ids, dtype=torch.bool),
+    }
+    _, logs = objective(batch)
+    assert logs["loss_mim"] == pytest.approx(0.0 if norm_target else 0.25, abs=1e-6)
+
+
+def test_norm_target_default_keeps_the_committed_hash():
+    """`norm_target` came after the committed artifact: at its default it leaves the config hash as it was;
+    set to false it is another pretraining, with another hash."""
+    from risbench.train.pretrain_config import config_hash, load_pretrain_config, resolve_pretrain_config
+
+    raw = load_pretrain_config("beit3-tiny-synthref")
+    _, resolved = resolve_pretrain_config(raw)
+    assert resolved["objective"]["options"]["norm_target"] is True
+    raw["objective"] = {**raw["objective"], "norm_target": False}
+    _, changed = resolve_pretrain_config(raw)
+    assert config_hash(resolved) == "a6dec538ed1f" and config_hash(changed) != config_hash(resolved)
+
+
 def test_pretrain_artifact_loads_strictly_and_is_cached(tmp_path):
     from risbench.models.segmenter import build_model
     from risbench.train.pretrain import pretrain
@@ -182,9 +220,7 @@ def test_committed_artifacts_match_their_configs():
     for directory in dirs:
         art = read_artifact(directory)
         _, resolved = resolve_pretrain_config(load_pretrain_config(art.provenance.name))
-        assert config_hash(resolved) == art.hash, (
-            f"{directory}: registry/pretrain/{art.provenance.name}.yaml changed"
-        )
+        assert config_hash(resolved) == art.hash, f"{directory}: registry/pretrain/{art.provenance.name}.yaml changed"
         assert directory.name == f"{art.provenance.name}-{art.hash}"
         # BEiT-3: weights; Swin + BERT: swin_weights and bert_path; DINOv2 + CLIP text: vision.weights and
         # text.clip_state_dict (OpenAI's layout is a bare state dict)

@@ -17,6 +17,9 @@ from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, compara
 
 # keys that do not change what pretraining computes (left out of the hash)
 VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))
+# objective options added after artifacts were made, left out of the hash at the value that reproduces those
+# artifacts (so that their cache keys stay valid): objective name -> {option: that value}
+LATER_OPTION_DEFAULTS = {"beit3_mdm": {"norm_target": True}}
 
 
 @dataclass
@@ -122,4 +125,9 @@ def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[s
 def config_hash(resolved: dict[str, Any]) -> str:
     """12 hex digits of sha256 over the resolved config without the VOLATILE keys."""
     out = comparable(resolved, VOLATILE)
+    objective = out.get("objective") or {}
+    options = objective.get("options") or {}
+    for key, value in LATER_OPTION_DEFAULTS.get(objective.get("name"), {}).items():
+        if key in options and options[key] == value:
+            del options[key]
     return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]

@@ -9,8 +9,9 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   positions only). On SynthRef the words are colours, shapes, sizes and positions, so predicting them
   means reading the referred object from the pixels.
 - image (optional, `image_mask_ratio` > 0): uniformly random patches become `vision_embed.mask_token`
-  and a linear head regresses their per-patch-normalised pixels (MAE's target; no visual tokenizer is
-  available offline), scaled by `image_loss_weight`.
+  and a linear head regresses their pixels (no visual tokenizer is available offline), per-patch
+  normalised as MAE's target (`norm_target`, the default) or as the transform gives them, scaled by
+  `image_loss_weight`.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
 `mim_head.*`) beside them, so `encoder.weights=` loads it exactly as an official file and lists the heads
 as ignored.
@@ -41,6 +42,10 @@ class Beit3MdmConfig:
     text_mask_ratio: float = 0.5  # share of each expression's word tokens that are masked (BEiT-3: 50%)
     image_mask_ratio: float = 0.0  # share of patches masked for pixel regression; 0 = text only
     image_loss_weight: float = 1.0
+    # MAE's per-patch normalised pixels; false: the pixels as the transform gives them. On SynthRef the
+    # normalisation turns a background patch (texture and +-6 grey levels of noise) into unit-variance
+    # noise no model can predict, and removes the colour of an object's patch (docs/decisions.md §9)
+    norm_target: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.text_mask_ratio <= 1.0:
@@ -110,8 +115,9 @@ class Beit3MaskedDataModelling(PretrainObjective):
         loss = text_loss
         if self.mim_head is not None:
             pixels = patchify(image, self.encoder.patch_size)
-            mean, var = pixels.mean(-1, keepdim=True), pixels.var(-1, keepdim=True)
-            pixels = (pixels - mean) / (var + 1e-6).sqrt()
+            if self.cfg.norm_target:
+                mean, var = pixels.mean(-1, keepdim=True), pixels.var(-1, keepdim=True)
+                pixels = (pixels - mean) / (var + 1e-6).sqrt()
             pred = self.mim_head(seq[:, 1:split][patch_mask]).float()
             image_loss = F.mse_loss(pred, pixels[patch_mask])
             logs["loss_mim"] = float(image_loss.detach())

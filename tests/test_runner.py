@@ -112,6 +112,22 @@ def test_expansion_runs_grid_seeds(tmp_path: Path) -> None:
     assert all(r.config["train"]["max_steps"] == 3 for r in changed.runs)
 
 
+def test_run_ids_do_not_depend_on_where_the_checkout_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path inside the project (a committed pretrained encoder) counts relative to the project, so a run
+    has the same id in a clone elsewhere; a path outside it counts as it is."""
+    from risbench.runner import experiment
+
+    def cfg(root: str, other: str = "/data/refer") -> dict:
+        return {"model": {"encoder": {"weights": f"{root}/pretrained/enc-abc/encoder.pth"}}, "data": {"root": other}}
+
+    monkeypatch.setattr(experiment, "PROJECT_ROOT", Path("/work/main"))
+    here = experiment.config_hash(cfg("/work/main"))
+    assert experiment.config_hash(cfg("/work/main", "/data/other")) != here
+    monkeypatch.setattr(experiment, "PROJECT_ROOT", Path("/tmp/clone"))
+    assert experiment.config_hash(cfg("/tmp/clone")) == here
+    assert experiment.config_hash(cfg("/work/main")) != here  # outside this checkout: another file
+
+
 def test_component_rename_drops_old_options(tmp_path: Path) -> None:
     exp = load_experiment(write(tmp_path / "e.yaml", experiment()))
     none = exp.runs[0].config["model"]["fpn"]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from risbench.config import parse_override, to_dataclass
+from risbench.config import PROJECT_ROOT, parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
@@ -176,9 +176,23 @@ class Experiment:
         }
 
 
+def _project_relative(value: Any) -> Any:
+    """`value` with every string path inside the project written relative to it ('<project>/...')."""
+    root = str(PROJECT_ROOT).rstrip("/") + "/"
+    if isinstance(value, dict):
+        return {k: _project_relative(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_project_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith(root):
+        return "<project>/" + value[len(root) :]
+    return value
+
+
 def config_hash(cfg: dict[str, Any], n: int = 6) -> str:
-    """Short, stable hash of a resolved run config (canonical JSON, sorted keys)."""
-    blob = json.dumps(cfg, sort_keys=True, default=str, separators=(",", ":"))
+    """Short, stable hash of a resolved run config (canonical JSON, sorted keys). Paths inside the project
+    (the committed pretrained encoders, the pretraining cache) count relative to it, so that a run has the
+    same id in every checkout and a finished run folder copied from a clone is reused."""
+    blob = json.dumps(_project_relative(cfg), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 

@@ -62,6 +62,9 @@ def test_metric_and_cost_frames_come_from_the_table(tmp_path: Path) -> None:
     assert math.isnan(oiou.loc["shared", "low"])  # one seed: no interval
     cost = plot_data.cost_frame(t, "gflops", "oiou").set_index("variant")
     assert cost.loc["cris", "cost"] == pytest.approx(1.5e6 * 300 / 1e9) and cost.loc["cris", "mean"] == 70.0
+    # a table without the cost column (table.columns leaves it out): no cost plot, not a crash
+    no_cost = plot_data.cost_frame(t, "not_a_column", "oiou")
+    assert no_cost.empty and "cost" in no_cost.columns
 
 
 def log_curve(run: Path, points: list[tuple[int, float]]) -> None:

@@ -97,6 +97,6 @@ def cost_frame(table: TableData, cost: str = "gflops", metric: str = "oiou") -> 
     """Per variant with both numbers: the cost (mean over its runs) and the metric with its interval."""
     acc = metric_frame(table, metric)
     if cost not in table.mean.columns:
-        return acc.assign(cost=[]).iloc[0:0]
+        return acc.iloc[0:0].assign(cost=pd.Series(dtype=float))  # no cost column: nothing to plot
     acc["cost"] = [table.mean.loc[v, cost] for v in acc["variant"]]
     return acc.dropna(subset=["cost"]).reset_index(drop=True)

@@ -135,6 +135,6 @@ def test_table_gives_delta_r_and_riou_over_refs(tmp_path: Path) -> None:
     assert st.refs["head"] == N_REFS
     text = export.render(t, "markdown")
     assert "Δ r" in text and "Δ rIoU" in text
-    assert f"Δ r and Δ rIoU: over their {N_REFS} refs" in t.caption
+    assert f"(Δ r and Δ rIoU: over their {N_REFS} refs" in t.caption
     csv_text = export.render(t, "csv")
     assert "rris_r_diff_ci_low" in csv_text.splitlines()[0]

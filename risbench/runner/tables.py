@@ -188,15 +188,14 @@ def delta_caption(st: TableStats) -> str:
     seed_word = "seed" if seeds == "1" else "seeds"
     if st.replicates <= 0:
         return f"Δ vs {st.reference}: mean over {seeds} paired {seed_word}, no interval (bootstrap off)"
-    over = f"{sentences} sentences"
-    robust = [c for c in st.diff.columns if c in ROBUST]
+    robust = [c for c in st.delta_columns if c in ROBUST]
+    refs = ""
     if robust and st.refs:
         names = " and ".join(f"Δ {LABELS[c]}" for c in robust)
-        refs = span([st.refs[v] for v in st.refs])
-        over += f" ({names}: over their {refs} refs, each ref's sentences drawn together)"
+        refs = f" ({names}: over their {span([st.refs[v] for v in st.refs])} refs, each ref's sentences drawn together)"
     return (
-        f"Δ vs {st.reference}: paired bootstrap over {over} and {seeds} {seed_word}, "
-        f"{st.replicates} replicates, percentile 95% CI; * = CI excludes 0"
+        f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
+        f"{st.replicates} replicates, percentile 95% CI{refs}; * = CI excludes 0"
     )
 
 

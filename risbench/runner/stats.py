@@ -162,6 +162,16 @@ class Difference:
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
 
+def bootstrap_draws(n: int, n_seeds: int, replicates: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of a paired two-level bootstrap: (replicates, n) how often each of n units is drawn in each
+    replicate (so resampled sums become one matrix product) and (replicates, n_seeds) the seeds drawn."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(replicates, n))
+    counts = np.bincount((draws + n * np.arange(replicates)[:, None]).ravel(), minlength=replicates * n)
+    seed_draws = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    return counts.reshape(replicates, n).astype(float), seed_draws
+
+
 def paired_bootstrap(
     variant: Sequence[Sentences],
     reference: Sequence[Sentences],
@@ -194,12 +204,7 @@ def paired_bootstrap(
     if replicates <= 0:
         return {m: Difference(point[m], None, None) for m in metrics}
     n_seeds = len(variant)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(replicates, n))
-    # how often each sentence is drawn in each replicate: resampled sums become one matrix product
-    counts = np.bincount((draws + n * np.arange(replicates)[:, None]).ravel(), minlength=replicates * n)
-    counts = counts.reshape(replicates, n).astype(float)
-    seed_draws = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    counts, seed_draws = bootstrap_draws(n, n_seeds, replicates, seed)
     feats = [_features(s, metrics) for s in [*variant, *reference]]
     width = feats[0].shape[1]
     sums = counts @ np.concatenate(feats, axis=1)  # (B, 2·S·width)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from risbench.runner.stats import DEFAULT_REPLICATES, DEFAULT_SEED, Difference, Sentences
+from risbench.runner.stats import DEFAULT_REPLICATES, DEFAULT_SEED, Difference, Sentences, bootstrap_draws
 
 ROBUST = ("rris_r", "rris_riou")
 
@@ -99,11 +99,7 @@ def paired_ref_bootstrap(
     point = (values[:n_seeds] - values[n_seeds:]).mean(axis=0)  # NaN where some run leaves it undefined
     if replicates <= 0:
         return {m: Difference(float(point[j]), None, None) for j, m in enumerate(metrics)}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_refs, size=(replicates, n_refs))
-    counts = np.bincount((draws + n_refs * np.arange(replicates)[:, None]).ravel(), minlength=replicates * n_refs)
-    counts = counts.reshape(replicates, n_refs).astype(float)
-    seed_draws = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    counts, seed_draws = bootstrap_draws(n_refs, n_seeds, replicates, seed)
     sums = counts @ np.concatenate(per_ref, axis=1)  # (B, 2S·4)
     reps_all = _from_sums(sums.reshape(replicates, 2 * n_seeds, 4), metrics)  # (B, 2S, M)
     diffs = reps_all[:, :n_seeds] - reps_all[:, n_seeds:]

@@ -89,6 +89,42 @@ def test_mim_target_per_patch_normalised_or_as_given(norm_target):
     assert logs["loss_mim"] == pytest.approx(0.0 if norm_target else 0.25, abs=1e-6)
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_masked_patches_pixels_are_not_seen(stem):
+    """What the masked patches hold cannot change the loss: the conv stem's receptive field crosses patch
+    borders, so the objective blanks those pixels before the stem (the patch stem replaces their tokens)."""
+    from types import SimpleNamespace
+
+    from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
+    from risbench.models.encoders.beit3_pretrain import (
+        Beit3MaskedDataModelling,
+        Beit3MdmConfig,
+        blank_patches,
+        choose_masked,
+    )
+
+    torch.manual_seed(0)
+    encoder = Beit3Encoder(Beit3Config(**TINY_ENCODER, size="tiny", patch_size=8, vocab_size=50, stem=stem))
+    objective = Beit3MaskedDataModelling(
+        Beit3MdmConfig(image_mask_ratio=0.5), encoder, SimpleNamespace(mask_id=49, bos_id=0, eos_id=2)
+    ).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    image = torch.rand(1, 3, 32, 32)
+    batch = {"image": image, "text_ids": ids, "text_pad_mask": torch.zeros_like(ids, dtype=torch.bool)}
+    torch.manual_seed(1)
+    loss, logs = objective(batch)
+    torch.manual_seed(1)  # replay the objective's draws: the text mask, then the patch mask
+    torch.rand(ids.shape)
+    mask = choose_masked(torch.ones(1, 16, dtype=torch.bool), 0.5)
+    other = image + blank_patches(torch.rand_like(image), ~mask, 8)  # other pixels in the masked patches only
+    assert not torch.equal(other, image)
+    assert torch.equal(blank_patches(other, mask, 8), blank_patches(image, mask, 8))
+    torch.manual_seed(1)
+    # the pixel targets change with those pixels; the masked words' loss depends only on what the model saw
+    _, logs2 = objective({**batch, "image": other})
+    assert logs2["loss_mlm"] == pytest.approx(logs["loss_mlm"], abs=1e-6)
+
+
 def test_norm_target_true_gives_the_previous_artifacts_hash():
     """`norm_target` came after the first masked-patch artifact (a6dec538ed1f, which results/robust used): at
     its default (true) it is left out of the hash, so setting it back on the preset reproduces that key; the

@@ -71,6 +71,15 @@ def patchify(image: Tensor, patch: int) -> Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
+def blank_patches(image: Tensor, patch_mask: Tensor, patch: int) -> Tensor:
+    """`image` with the pixels of the masked patches set to 0. The patch stem's tokens of those patches are
+    replaced by the mask token anyway (so this changes nothing there); a convolutional stem's receptive field
+    crosses patch borders, and without it the neighbours' tokens would see the pixels to be predicted."""
+    b, _, h, w = image.shape
+    grid = (~patch_mask).to(image.dtype).reshape(b, 1, h // patch, w // patch)
+    return image * grid.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
 @OBJECTIVES.register("beit3_mdm", config=Beit3MdmConfig)
 class Beit3MaskedDataModelling(PretrainObjective):
     """BEiT-3 masked data modelling: masked words (and optionally patches) of image-text pairs."""
@@ -106,7 +115,8 @@ class Beit3MaskedDataModelling(PretrainObjective):
         if self.mim_head is not None:
             n = self.encoder.num_vision_tokens - 1
             patch_mask = choose_masked(torch.ones(ids.shape[0], n, dtype=torch.bool), self.cfg.image_mask_ratio)
-        seq = self.encoder.final_sequence(image, ids.masked_fill(masked, self.mask_id), pad, patch_mask)
+        seen = image if patch_mask is None else blank_patches(image, patch_mask, self.encoder.patch_size)
+        seq = self.encoder.final_sequence(seen, ids.masked_fill(masked, self.mask_id), pad, patch_mask)
         split = self.encoder.num_vision_tokens
         logits = self.mlm_head(seq[:, split:][masked])
         target = ids[masked]

@@ -35,6 +35,11 @@ def register(app: typer.Typer) -> None:
             "--keep-stale",
             help="local: keep finished runs of other code (marked stale in the table) instead of re-running them",
         ),
+        reuse: bool = typer.Option(
+            True,
+            "--reuse/--no-reuse",
+            help="take a finished run of another experiment under --runs-dir with the same config hash",
+        ),
     ) -> None:
         """Run an experiment: every run (variant x grid x seed) trained, evaluated and measured, then the table."""
         from risbench.runner.run import RunOptions, run_experiment
@@ -55,6 +60,7 @@ def register(app: typer.Typer) -> None:
             timeout_min=timeout_min,
             plots=plots,
             keep_stale=keep_stale,
+            reuse=reuse,
         )
         rc = run_experiment(file, opts, Console())
         if rc:

@@ -14,6 +14,7 @@ from risbench.runner import backends, sweep
 from risbench.runner.experiment import load_experiment, parse_shard, shard_runs
 from risbench.runner.export import to_markdown
 from risbench.runner.pretrained import ensure_pretrained
+from risbench.runner.reuse import reuse_finished
 from risbench.runner.slurm import require_submitit, run_slurm
 
 BACKENDS = ("local", "print", "slurm")
@@ -38,6 +39,7 @@ class RunOptions:
     timeout_min: int = 24 * 60
     plots: bool = True
     keep_stale: bool = False
+    reuse: bool = True
 
 
 def parse_gpus(option: str) -> list[str] | None:
@@ -60,7 +62,7 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
     runs_dir = opts.runs_dir
 
     if opts.dry_run:
-        console.print(sweep.dry_run_table(exp, runs, runs_dir))
+        console.print(sweep.dry_run_table(exp, runs, runs_dir, reuse=opts.reuse))
         return 0
 
     check_writable(runs_dir, "--runs-dir")  # before any run is prepared or trained
@@ -86,16 +88,20 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
         return 0
 
     failed: list[str] = []
+    if opts.reuse:  # before any pretraining: a sweep whose runs all exist elsewhere needs none
+        sweep.prepare_runs(exp, runs, runs_dir)
+        reuse_finished(exp, runs, runs_dir, say=lambda line: console.print(line, highlight=False))
+    to_train = [r for r in runs if not backends.is_done(exp.run_dir(runs_dir, r))]
     if opts.backend == "print":
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
-        for ref in exp.pretrains(runs):
+        for ref in exp.pretrains(to_train):
             if not ref.exists():
                 print(f"# first, once: risbench pretrain {ref.config_name}")
         print(f"# {exp.name}: {len(run_dirs)} runs; after they finish: risbench table {runs_dir / exp.name}")
         for line in backends.run_print(run_dirs, opts.nproc):
             print(line)
         return 0
-    for ref in exp.pretrains(runs):  # once each, before any run trains; a finished artifact is reused
+    for ref in exp.pretrains(to_train):  # once each, before any run trains; a finished artifact is reused
         ensure_pretrained(ref)
     if opts.backend == "slurm":
         run_dirs = sweep.prepare_runs(exp, runs, runs_dir)

@@ -52,7 +52,10 @@ def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]
     return dirs
 
 
-def run_status(exp: Experiment, run: Run, runs_dir: Path) -> str:
+def run_status(exp: Experiment, run: Run, runs_dir: Path, reuse: bool = True) -> str:
+    """done | stale | partial | reusable (<source>) | new: what `risbench run` would do with the run."""
+    from risbench.runner.reuse import find_source
+
     run_dir = exp.run_dir(runs_dir, run)
     if backends.is_done(run_dir):
         return "done"
@@ -60,17 +63,18 @@ def run_status(exp: Experiment, run: Run, runs_dir: Path) -> str:
         return "stale"
     if is_started(run_dir):
         return "partial"
-    return "new"
+    source = find_source(runs_dir, exp.name, run) if reuse else None
+    return "new" if source is None else f"reusable ({source})"
 
 
-def dry_run_table(exp: Experiment, runs: list[Run], runs_dir: Path) -> Table:
+def dry_run_table(exp: Experiment, runs: list[Run], runs_dir: Path, reuse: bool = True) -> Table:
     table = Table(
         title=f"{exp.name} ({exp.path}): {len(runs)} runs under {Path(runs_dir) / exp.name}/", title_justify="left"
     )
     for col in ("run id", "variant", "seed", "status"):
         table.add_column(col, overflow="fold")
     for run in runs:
-        table.add_row(run.run_id, run.variant, str(run.seed), run_status(exp, run, runs_dir))
+        table.add_row(run.run_id, run.variant, str(run.seed), run_status(exp, run, runs_dir, reuse))
     return table
 
 

@@ -123,9 +123,25 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return {
         "type": "cpu",
         "name": platform.processor() or platform.machine(),
+        "model": cpu_model(),
+        # the kernels torch dispatches to (AVX2, AVX512, ...) and the thread count both decide the order of
+        # floating-point reductions: the same seed gives the same metrics only where these match
+        "capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "kernel": platform.release(),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo), None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def provenance(device: torch.device, world_size: int, seed: int) -> dict[str, Any]:

@@ -84,9 +84,12 @@ def machine() -> str:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpu = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "no GPU"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from risbench.io import cpu_model
+
+    cpu = f"{cpu_model() or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
     return (
-        f"{platform.node()}; {platform.platform()}; {platform.processor() or platform.machine()}; "
-        f"{cores} CPU cores; {gpu}; python {platform.python_version()}; torch {torch.__version__}"
+        f"{platform.node()}; {platform.platform()}; {cpu}; {cores} CPU cores, {torch.get_num_threads()} torch "
+        f"threads; {gpu}; python {platform.python_version()}; torch {torch.__version__}"
     )
 
 

@@ -9,6 +9,8 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    """Add `risbench pretrain` and `risbench pretrain-probe` to `app`."""
+
     @app.command("pretrain")
     def pretrain_cmd(
         config: str = typer.Argument(..., help="a preset in registry/pretrain/ or a YAML file"),
@@ -40,3 +42,53 @@ def register(app: typer.Typer) -> None:
         for key, value in art.encoder_options.items():
             print(f"  --set model.encoder.{key}={value}")
         print(f"  --set tokenizer.path={art.tokenizer_path}")
+
+    _register_probe(app)
+
+
+def _register_probe(app: typer.Typer) -> None:
+    @app.command("pretrain-probe")
+    def probe_cmd(
+        artifact: Path = typer.Argument(..., help="a pretrained artifact folder (pretrained/<name>-<hash>/)"),
+        samples: int = typer.Option(500, "--samples", help="held-out object captions (the data's val split)"),
+        out: Path = typer.Option(None, "--out", help="also write the result as JSON"),
+    ) -> None:
+        """Which word classes (colour, shape, size) a pretrained encoder reads from the pixels: masked-word
+        accuracy per class on held-out object captions, with the own and with a swapped image."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from risbench.io import atomic_write_text
+        from risbench.train.probe import probe
+
+        if not (artifact / "pretrain.json").is_file():
+            from risbench.errors import RisbenchError
+
+            raise RisbenchError(
+                f"{artifact}: no pretrain.json; expected a finished artifact folder from risbench pretrain "
+                "(pretrained/<name>-<hash>/ or .cache/pretrain/<name>-<hash>/)"
+            )
+        result = probe(artifact, samples=samples)
+        table = Table(
+            title=f"{result['artifact']}: masked-word accuracy (%) on {result['samples']} held-out object captions "
+            f"({result['split']}), one class masked at a time, argmax over the class's words",
+            title_justify="left",
+        )
+        for col in ("class", "meanings", "chance", "own image", "swapped image", "masked words", "left out"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for kind, r in result["classes"].items():
+            table.add_row(
+                kind,
+                str(r["meanings"]),
+                f"{r['chance']}",
+                f"{r['own_image']}",
+                f"{r['swapped_image']}",
+                str(r["masked"]),
+                ", ".join(r["left_out"]) or "-",
+            )
+        Console().print(table)
+        if out is not None:
+            atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+            print(f"wrote {out}")

@@ -15,7 +15,7 @@ import numpy as np
 from risbench.data.base import LoadedRef, RefDataset, Sentence
 from risbench.data.synthref_generate import caption, make_scene, object_caption
 from risbench.data.synthref_render import render
-from risbench.data.synthref_scene import FLAVOURS, Scene
+from risbench.data.synthref_scene import COLOURS, FLAVOURS, SHAPES, SIZE_WORDS, Scene
 from risbench.errors import RisbenchError, unknown_name_message
 from risbench.registry import DATASETS
 
@@ -164,6 +164,15 @@ class SynthRefDataset(RefDataset):
         if cfg.text != "expressions":  # captions too; the expressions stay, so fine-tuning words are covered
             texts += [source.caption(i)[0] for i in range(n)]
         return texts
+
+    @staticmethod
+    def word_classes() -> dict[str, dict[str, list[str]]]:
+        """SynthRef's attribute words by class, each as {meaning: its words} (`risbench pretrain-probe`)."""
+        return {
+            "colour": {c: [c] for c in COLOURS},
+            "shape": {s: [s] for s in SHAPES},
+            "size": {size: list(words) for size, words in SIZE_WORDS.items()},
+        }
 
     def num_refs(self) -> int:
         return len(self._counts)

@@ -134,6 +134,22 @@ class Beit3MaskedDataModelling(PretrainObjective):
             loss = loss + self.cfg.image_loss_weight * image_loss
         return loss, logs
 
+    def masked_word_logits(self, image: Tensor, ids: Tensor, pad: Tensor, masked: Tensor) -> Tensor:
+        """(n_masked, vocab): the text head at the `masked` positions of `ids` (already masked), no patch
+        masked (`risbench pretrain-probe`)."""
+        seq = self.encoder.final_sequence(image, ids, pad, None)
+        return self.mlm_head(seq[:, self.encoder.num_vision_tokens :][masked])
+
+    def load_export(self, directory: str | Path) -> None:
+        """Load what `export` wrote to `directory` (encoder and heads), strictly."""
+        state = torch.load(Path(directory) / ENCODER_FILE, map_location="cpu", weights_only=True)["model"]
+        encoder = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+        self.encoder.load_state_dict(encoder, strict=True)
+        for name in ("mlm_head", "mim_head"):
+            head = getattr(self, name)
+            if head is not None:
+                head.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")})
+
     def export(self) -> dict[str, object]:
         """{"encoder.pth": {"model": {"beit3.<key>": tensor, ..., "mlm_head.*": ...}}}: the official layout."""
         state = {PREFIX + k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}

@@ -119,6 +119,16 @@ def test_wrong_key_or_shape_fails_naming_the_key(tmp_path):
         small(image_size=480, patch_size=16, weights=str(path))
 
 
+@pytest.mark.parametrize(("saved", "built", "fix"), [("conv", "patch", "stem=conv"), ("patch", "conv", "stem=patch")])
+def test_stem_mismatch_says_which_side_has_which_stem(tmp_path, saved, built, fix):
+    path = tmp_path / "enc.pth"
+    sd = {"beit3." + k: v for k, v in small(stem=saved).state_dict().items()}
+    torch.save({"model": sd}, path)
+    with pytest.raises(RisbenchError, match=f"set encoder.{fix}"):
+        small(stem=built, weights=str(path))
+    small(stem=saved, weights=str(path))  # the same stem loads
+
+
 def test_missing_weights_file_names_the_path(tmp_path):
     path = tmp_path / "nope.pth"
     with pytest.raises(RisbenchError, match="nope.pth"):

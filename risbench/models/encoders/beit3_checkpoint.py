@@ -111,6 +111,12 @@ def load_beit3_weights(model: nn.Module, path: str | Path) -> LoadReport:
             parts.append(f"missing encoder key(s) {_describe([PREFIX + k for k in missing])}")
         if unexpected:
             parts.append(f"unexpected key(s) {_describe([PREFIX + k for k in unexpected])}")
+        stem_keys = [k for k in missing + unexpected if k.startswith("vision_embed.stem.")]
+        if stem_keys:  # the one architecture option that changes the key set: say which side has what
+            has = "the checkpoint" if stem_keys[0] in unexpected else "the model"
+            other = "the model" if has == "the checkpoint" else "the checkpoint"
+            fix = "conv" if has == "the checkpoint" else "patch"
+            parts.append(f"{has} has the convolutional stem and {other} the patch embedding: set encoder.stem={fix}")
         raise RisbenchError(f"encoder beit3: {path} does not match the BEiT-3 layout: {'; '.join(parts)}")
 
     pos = encoder[VISION_POS_KEY]

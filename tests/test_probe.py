@@ -55,6 +55,7 @@ def test_probe_of_a_pretrained_artifact(tmp_path, capsys):
     assert main(["pretrain-probe", str(art.directory), "--samples", "4", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["artifact"] == art.directory.name and result["samples"] == 2  # the val split's 2 scenes
+    assert result["command"].startswith("risbench pretrain-probe") and "commit" in result["provenance"]["git"]
     classes = result["classes"]
     assert set(classes) == {"colour", "shape", "size"}
     # 6 colours, 6 shapes, 2 sizes; the test's 200-word tokenizer splits some words, which are reported

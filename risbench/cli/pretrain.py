@@ -71,6 +71,7 @@ def _register_probe(app: typer.Typer) -> None:
                 "(pretrained/<name>-<hash>/ or .cache/pretrain/<name>-<hash>/)"
             )
         result = probe(artifact, samples=samples)
+        result["command"] = " ".join(["risbench pretrain-probe", str(artifact), "--samples", str(samples)])
         table = Table(
             title=f"{result['artifact']}: masked-word accuracy (%) on {result['samples']} held-out object captions "
             f"({result['split']}), one class masked at a time, argmax over the class's words",

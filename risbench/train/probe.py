@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from risbench.errors import IncompatibleError, RisbenchError
+from risbench.io import provenance
 from risbench.train.pretrain import _split, build_objective, read_artifact, tokenizer_cache
 from risbench.train.pretrain_config import resolve_pretrain_config
 
@@ -125,4 +126,11 @@ def probe(directory: Path, samples: int = 500, batch_size: int = 50) -> dict[str
         result = class_accuracy(objective.masked_word_logits, batches(), ids, int(tokenizer.mask_id))
     for kind in result:
         result[kind]["left_out"] = split[kind]
-    return {"artifact": art.directory.name, "split": "val", "text": PROBE_TEXT, "samples": n, "classes": result}
+    return {
+        "artifact": art.directory.name,
+        "split": "val",
+        "text": PROBE_TEXT,
+        "samples": n,
+        "classes": result,
+        "provenance": provenance(torch.device("cpu"), 1, cfg.seed),
+    }

@@ -104,9 +104,11 @@ class Session:
             steps=self.steps, warmup=self.warmup, speed=speed, macs=self.macs, **kw,
         )  # fmt: skip
         self.macs = int(r["gmacs_per_image"] * 1e9)
-        command = f"scripts/gpu_bench.py{' --smoke' if self.smoke else ''} ({name}: --mode {mode} " + " ".join(
-            f"--speed {s}" for s in speed
-        ) + ")"
+        command = (
+            f"scripts/gpu_bench.py{' --smoke' if self.smoke else ''} ({name}: --mode {mode} "
+            + " ".join(f"--speed {s}" for s in speed)
+            + ")"
+        )
         folder = self.out / name
         atomic_write_json(folder / "bench.json", {"command": command, "results": [r]})
         atomic_write_text(folder / "bench.md", markdown([r], command))
@@ -178,8 +180,17 @@ def loaders(s: Session, fastest_step_images_per_s: float | None) -> None:
 
 def ddp(s: Session) -> None:
     """The harness step in DistributedDataParallel over nccl (gloo on CPU), world size 1, under torchrun."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-           str(ROOT / "scripts" / "gpu_ddp_step.py"), "--out", str(s.out / "ddp")] + (["--smoke"] if s.smoke else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        str(ROOT / "scripts" / "gpu_ddp_step.py"),
+        "--out",
+        str(s.out / "ddp"),
+    ] + (["--smoke"] if s.smoke else [])
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(60, int(s.left())))  # fmt: skip
     atomic_write_text(s.out / "ddp" / "torchrun.log", proc.stdout[-20000:] + proc.stderr[-20000:])
     if proc.returncode != 0:

@@ -34,10 +34,14 @@ def step_table(results: dict[str, dict | None], prefix: str, reference: str | No
         md.append(
             f"| {name.removeprefix(prefix)} | {1000 * r['s_per_step_median']:.1f} | {r['images_per_s']:.1f} | "
             f"{r['achieved_tflop_per_s']:.3g} | {_pct(r.get('mfu_measured'))} | {_pct(r.get('mfu_nominal'))} | "
-            + ("" if speedup is None else f"{speedup:.2f}") + " | "
+            + ("" if speedup is None else f"{speedup:.2f}")
+            + " | "
             + " | ".join(_pct(share.get(p)) for p in ("data", "forward", "backward", "optimizer"))
-            + " | " + ("" if "harness_overhead_pct" not in r else f"{r['harness_overhead_pct']:+.1f}%")
-            + " | " + (f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "") + " |"
+            + " | "
+            + ("" if "harness_overhead_pct" not in r else f"{r['harness_overhead_pct']:+.1f}%")
+            + " | "
+            + (f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "")
+            + " |"
         )
     return md
 

@@ -1,8 +1,8 @@
 """Write the computed table of docs/scaling.md (between its `scaling:begin` / `scaling:end` markers).
 
-    python scripts/scaling.py                       # rewrite the table from results/bench/shared-ris-b-h100-train
-    python scripts/scaling.py --check               # exit 1 if the table in the doc is not what the code computes
-    python scripts/scaling.py --bench results/bench/<device>/train/bench.json --print
+python scripts/scaling.py                       # rewrite the table from results/bench/shared-ris-b-h100-train
+python scripts/scaling.py --check               # exit 1 if the table in the doc is not what the code computes
+python scripts/scaling.py --bench results/bench/<device>/train/bench.json --print
 """
 
 from __future__ import annotations

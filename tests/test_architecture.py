@@ -17,14 +17,35 @@ from risbench.config import PROJECT_ROOT
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("api", ("risbench",)),  # the package itself: `risbench.build_model`
     ("cli", ("risbench.cli",)),
-    ("runner", ("risbench.runner", "risbench.efficiency", "risbench.benchmark", "risbench.benchmark_pretrain",
-                "risbench.baseline", "risbench.loader_bench", "risbench.scaling")),
+    (
+        "runner",
+        (
+            "risbench.runner",
+            "risbench.efficiency",
+            "risbench.benchmark",
+            "risbench.benchmark_pretrain",
+            "risbench.baseline",
+            "risbench.loader_bench",
+            "risbench.scaling",
+        ),
+    ),
     ("train", ("risbench.train",)),
     ("models/data", ("risbench.models", "risbench.data")),
     ("spec", ("risbench.spec",)),
     ("registry", ("risbench.registry",)),
-    ("config", ("risbench.config", "risbench.io", "risbench.results", "risbench.torchscript", "risbench.flops",
-                "risbench.peak", "risbench.sdpa_check", "risbench.step_timing")),
+    (
+        "config",
+        (
+            "risbench.config",
+            "risbench.io",
+            "risbench.results",
+            "risbench.torchscript",
+            "risbench.flops",
+            "risbench.peak",
+            "risbench.sdpa_check",
+            "risbench.step_timing",
+        ),
+    ),
     ("errors", ("risbench.errors",)),
 ]
 # The old launch module name, kept for torchrun lines printed before it moved to cli/.

@@ -150,9 +150,7 @@ def test_pretrain_artifact_and_the_experiment_options(tmp_path):
     prov = art.provenance
     assert prov.objective == "dual_contrastive" and prov.steps == 3
     assert set(prov.final) == {"loss", "loss_clip", "acc_i2t", "acc_t2i", "acc_chance"}
-    assert {"vision.pth", "text.pth", "contrastive_heads.pth", "pretrain_log.jsonl", "config.yaml"} <= set(
-        prov.files
-    )
+    assert {"vision.pth", "text.pth", "contrastive_heads.pth", "pretrain_log.jsonl", "config.yaml"} <= set(prov.files)
     assert art.encoder_options == {
         "vision.weights": str(art.directory / "vision.pth"),
         "text.clip_state_dict": str(art.directory / "text.pth"),

@@ -65,6 +65,8 @@ def test_probe_of_a_pretrained_artifact(tmp_path, capsys):
         assert r["chance"] == round(100 / r["meanings"], 2)
         assert r["masked"] >= 1 and 0.0 <= r["own_image"] <= 100.0 and 0.0 <= r["swapped_image"] <= 100.0
     assert "shape" in capsys.readouterr().out
+    md = out.with_suffix(".md").read_text()
+    assert "| shape | " in md and result["command"] in md
 
 
 def test_probe_of_a_folder_that_is_not_an_artifact(tmp_path, capsys):

@@ -77,19 +77,26 @@ def _register_probe(app: typer.Typer) -> None:
             f"({result['split']}), one class masked at a time, argmax over the class's words",
             title_justify="left",
         )
-        for col in ("class", "meanings", "chance", "own image", "swapped image", "masked words", "left out"):
+        columns = ("class", "meanings", "chance", "own image", "swapped image", "masked words", "left out")
+        rows = [
+            [kind, r["meanings"], r["chance"], r["own_image"], r["swapped_image"], r["masked"]]
+            + [", ".join(r["left_out"]) or "-"]
+            for kind, r in result["classes"].items()
+        ]
+        for col in columns:
             table.add_column(col, justify="left" if col == "class" else "right")
-        for kind, r in result["classes"].items():
-            table.add_row(
-                kind,
-                str(r["meanings"]),
-                f"{r['chance']}",
-                f"{r['own_image']}",
-                f"{r['swapped_image']}",
-                str(r["masked"]),
-                ", ".join(r["left_out"]) or "-",
-            )
+        for row in rows:
+            table.add_row(*map(str, row))
         Console().print(table)
-        if out is not None:
+        if out is not None:  # the JSON, and beside it the same table as Markdown
             atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-            print(f"wrote {out}")
+            lines = [
+                f"{table.title}",
+                "",
+                "| " + " | ".join(columns) + " |",
+                "|---" + "|---:" * (len(columns) - 1) + "|",
+            ]
+            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+            lines += ["", f"- command: {result['command']}", f"- git commit: {result['provenance']['git']['commit']}"]
+            atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+            print(f"wrote {out} and {out.with_suffix('.md')}")

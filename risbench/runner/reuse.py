@@ -81,12 +81,11 @@ def adopt(reuse: Reuse) -> None:
     """Bring the source's files into the target folder (prepared by the sweep), metrics.json last."""
     src, dst = reuse.source, reuse.target
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.relative_to(src).parts[0] not in OWN_FILES)
-    metrics = [p for p in files if p.relative_to(src) == Path(METRICS_FILE)]
-    for path in [p for p in files if p not in metrics] + metrics:
-        rel = path.relative_to(src)
-        if rel == Path(METRICS_FILE):
-            atomic_write_json(dst / REUSED_FILE, {"source": str(src), "config_hash": dst.name.rsplit("-", 1)[-1]})
-        _link_or_copy(path, dst / rel)
+    for path in files:
+        if path != src / METRICS_FILE:
+            _link_or_copy(path, dst / path.relative_to(src))
+    atomic_write_json(dst / REUSED_FILE, {"source": str(src), "config_hash": dst.name.rsplit("-", 1)[-1]})
+    _link_or_copy(src / METRICS_FILE, dst / METRICS_FILE)
 
 
 def reuse_finished(exp: Experiment, runs: list[Run], runs_dir: Path, say=print) -> int:

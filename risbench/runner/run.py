@@ -88,12 +88,11 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
         return 0
 
     failed: list[str] = []
+    run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
     if opts.reuse:  # before any pretraining: a sweep whose runs all exist elsewhere needs none
-        sweep.prepare_runs(exp, runs, runs_dir)
         reuse_finished(exp, runs, runs_dir, say=lambda line: console.print(line, highlight=False))
     to_train = [r for r in runs if not backends.is_done(exp.run_dir(runs_dir, r))]
     if opts.backend == "print":
-        run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
         for ref in exp.pretrains(to_train):
             if not ref.exists():
                 print(f"# first, once: risbench pretrain {ref.config_name}")
@@ -104,7 +103,6 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
     for ref in exp.pretrains(to_train):  # once each, before any run trains; a finished artifact is reused
         ensure_pretrained(ref)
     if opts.backend == "slurm":
-        run_dirs = sweep.prepare_runs(exp, runs, runs_dir)
         jobs = run_slurm(
             run_dirs,
             Path(runs_dir) / exp.name / ".submitit",
@@ -120,7 +118,9 @@ def run_experiment(file: Path, opts: RunOptions, console: Console) -> int:
             console.print(f"when they finish: risbench table {runs_dir / exp.name} --format latex")
             return 0
     else:
-        failed = sweep.run_sweep(exp, runs, runs_dir, gpus=parse_gpus(opts.gpus), keep_stale=opts.keep_stale)
+        failed = sweep.run_sweep(
+            exp, runs, runs_dir, gpus=parse_gpus(opts.gpus), keep_stale=opts.keep_stale, run_dirs=run_dirs
+        )
         if failed:
             console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}[/red]")
 

@@ -187,9 +187,11 @@ def run_sweep(
     progress: SweepProgress | None = None,
     gpus: list[str] | None = None,
     keep_stale: bool = False,
+    run_dirs: list[Path] | None = None,
 ) -> list[str]:
-    """Local backend: the unfinished runs, one after another (or packed onto GPUs). Returns failed run ids."""
-    run_dirs = prepare_runs(exp, runs, runs_dir)
+    """Local backend: the unfinished runs, one after another (or packed onto GPUs). Returns failed run ids.
+    `run_dirs`: what `prepare_runs` returned for `runs`, when the caller already prepared them."""
+    run_dirs = run_dirs if run_dirs is not None else prepare_runs(exp, runs, runs_dir)
     done = sum(backends.is_done(d) for d in run_dirs)
     progress = progress or SweepProgress(f"{exp.name}", total=len(run_dirs), done=done)
     with progress:

@@ -67,11 +67,10 @@ def class_accuracy(
                 continue
             target = meaning[(batch["text_ids"][masked][:, None] == cand[None]).float().argmax(1)]
             hits[kind]["masked"] += int(masked.sum())
+            masked_ids = batch["text_ids"].masked_fill(masked, mask_id)
             for mode in ("own", "swapped"):
                 image = batch["image"] if mode == "own" else batch["image"].roll(1, dims=0)
-                logits = logits_fn(
-                    image, batch["text_ids"].masked_fill(masked, mask_id), batch["text_pad_mask"], masked
-                )
+                logits = logits_fn(image, masked_ids, batch["text_pad_mask"], masked)
                 guess = meaning[logits[:, cand].float().argmax(-1)]
                 hits[kind][mode] += int((guess == target).sum())
     out = {}

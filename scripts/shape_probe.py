@@ -1,0 +1,95 @@
+"""How fast does an encoder learn to tell SynthRef's six shapes apart, given the most direct signal there is?
+
+A diagnostic for docs/decisions.md §9, not part of the harness. It trains the encoder end to end with a
+linear head on 6-way shape classification of 1-object SynthRef scenes (the pretraining data of an artifact,
+seed 1000), every word of the caption replaced by the mask token so that the shape can only come from the
+pixels, and prints the test accuracy on 200 held-out scenes every 50 steps. The encoder starts from random
+init (`--init random`) or from the artifact (`--init artifact`); the head reads the mean of the last patch
+map (`image`), the image CLS token (`cls`) or the first text token (`text`) of the final joint sequence.
+
+    python scripts/shape_probe.py pretrained/beit3-conv-tiny-synthref-8a03882dd2bb --init artifact --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from risbench.data.collate import Collator
+from risbench.train.pretrain import _split, build_objective, read_artifact, tokenizer_cache
+from risbench.train.pretrain_config import resolve_pretrain_config
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+TEST_START, TEST_BATCHES, BATCH, TEST_BATCH = 15000, 4, 32, 50
+
+
+def main() -> None:
+    """Parse the options, train, print the learning curve."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact", type=Path, help="a finished `risbench pretrain` folder (its config and data)")
+    ap.add_argument("--init", choices=("random", "artifact"), default="random")
+    ap.add_argument("--readout", choices=("image", "cls", "text"), default="image")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--encoder-init", default=None, help="encoder.init for random init, e.g. scratch_sincos")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+    art = read_artifact(args.artifact)
+    raw = dict(art.provenance.config)
+    raw["tokenizer"] = {**raw.get("tokenizer", {}), "path": art.tokenizer_path}
+    if args.encoder_init:
+        raw["model"] = {**raw["model"], "encoder": {**raw["model"].get("encoder", {}), "init": args.encoder_init}}
+    cfg, resolved = resolve_pretrain_config(raw)
+    objective, tokenizer, _ = build_objective(cfg, resolved, tokenizer_cache(cfg))
+    if args.init == "artifact":
+        objective.load_export(art.directory)
+    encoder = objective.encoder
+    data = {**resolved["data"], "text": "objects", "min_objects": 1, "max_objects": 1, "refs_per_scene": 1}
+    dataset = _split({**resolved, "data": data}, encoder, "train", cfg.seed)
+    collate = Collator(tokenizer, cfg.tokenizer.max_len)
+    mask_id = int(tokenizer.mask_id)
+
+    def batch(start: int, n: int):
+        items = [dataset[i] for i in range(start, start + n)]
+        labels = [next(SHAPES.index(w) for w in it["text"].split() if w in SHAPES) for it in items]
+        return collate(items), torch.tensor(labels)
+
+    def features(b) -> torch.Tensor:
+        ids = b["text_ids"].masked_fill(~b["text_pad_mask"], mask_id)  # no word of the caption is seen
+        if args.readout == "image":
+            return encoder(b["image"], ids, b["text_pad_mask"]).visual[-1].mean((2, 3))
+        seq = encoder.final_sequence(b["image"], ids, b["text_pad_mask"], None)
+        return seq[:, 0] if args.readout == "cls" else seq[:, encoder.num_vision_tokens]
+
+    head = torch.nn.Linear(encoder.embed_dim, len(SHAPES))
+    params = list(head.parameters()) + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    test = [batch(TEST_START + TEST_BATCH * k, TEST_BATCH) for k in range(TEST_BATCHES)]
+    started = time.time()
+    for step in range(1, args.steps + 1):
+        b, y = batch(BATCH * (step - 1), BATCH)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(head(features(b)).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0:
+            with torch.no_grad():
+                hits = sum(int((head(features(tb)).argmax(1) == ty).sum()) for tb, ty in test)
+            acc = 100.0 * hits / (TEST_BATCH * TEST_BATCHES)
+            print(
+                f"{args.init} {args.readout} step {step} loss {float(loss.detach()):.3f} test acc {acc:.1f} "
+                f"({time.time() - started:.0f} s)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

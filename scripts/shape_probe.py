@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from risbench.data.collate import Collator
-from risbench.train.pretrain import _split, build_objective, read_artifact, tokenizer_cache
-from risbench.train.pretrain_config import resolve_pretrain_config
+from risbench.train.pretrain import _split
+from risbench.train.probe import objective_from_artifact
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 TEST_START, TEST_BATCHES, BATCH, TEST_BATCH = 15000, 4, 32, 50
@@ -40,15 +40,10 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
 
-    art = read_artifact(args.artifact)
-    raw = dict(art.provenance.config)
-    raw["tokenizer"] = {**raw.get("tokenizer", {}), "path": art.tokenizer_path}
-    if args.encoder_init:
-        raw["model"] = {**raw["model"], "encoder": {**raw["model"].get("encoder", {}), "init": args.encoder_init}}
-    cfg, resolved = resolve_pretrain_config(raw)
-    objective, tokenizer, _ = build_objective(cfg, resolved, tokenizer_cache(cfg))
-    if args.init == "artifact":
-        objective.load_export(art.directory)
+    encoder_options = {"init": args.encoder_init} if args.encoder_init else None
+    objective, tokenizer, cfg, resolved = objective_from_artifact(
+        args.artifact, weights=args.init == "artifact", encoder=encoder_options
+    )
     encoder = objective.encoder
     data = {**resolved["data"], "text": "objects", "min_objects": 1, "max_objects": 1, "refs_per_scene": 1}
     dataset = _split({**resolved, "data": data}, encoder, "train", cfg.seed)

@@ -86,24 +86,33 @@ def class_accuracy(
     return out
 
 
-def probe(directory: Path, samples: int = 500, batch_size: int = 50) -> dict[str, Any]:
-    """The probe of the artifact in `directory` (checked against its sha256s) on its data's val split."""
-    from risbench.data.collate import Collator
-
+def objective_from_artifact(directory: Path, weights: bool = True, encoder: dict[str, Any] | None = None):
+    """(objective, tokenizer, cfg, resolved) of the artifact in `directory` (checked against its sha256s), with
+    its tokenizer; `weights`: the encoder and heads as exported (the encoder loads as fine-tuning loads it),
+    else random init; `encoder`: options set on the encoder's config first."""
     art = read_artifact(Path(directory))
     raw = dict(art.provenance.config)
     raw["tokenizer"] = {**raw.get("tokenizer", {}), "path": art.tokenizer_path}
     model = dict(raw["model"])
-    model["encoder"] = {**model["encoder"], **art.encoder_options}  # the encoder loads as fine-tuning loads it
+    model["encoder"] = {**model.get("encoder", {}), **(encoder or {}), **(art.encoder_options if weights else {})}
     raw["model"] = model
     cfg, resolved = resolve_pretrain_config(raw)
     objective, tokenizer, _ = build_objective(cfg, resolved, tokenizer_cache(cfg))
+    if weights:
+        objective.load_export(art.directory)
+    return objective, tokenizer, cfg, resolved
+
+
+def probe(directory: Path, samples: int = 500, batch_size: int = 50) -> dict[str, Any]:
+    """The probe of the artifact in `directory` (checked against its sha256s) on its data's val split."""
+    from risbench.data.collate import Collator
+
+    objective, tokenizer, cfg, resolved = objective_from_artifact(directory)
     if not hasattr(objective, "masked_word_logits"):
         raise IncompatibleError(
             f"incompatible components: pretrain-probe needs an objective that predicts masked words from the "
             f"image and the text; '{cfg.objective.name}' does not"
         )
-    objective.load_export(art.directory)
     objective.eval()
     data = {**resolved["data"], "text": PROBE_TEXT}
     try:
@@ -126,7 +135,7 @@ def probe(directory: Path, samples: int = 500, batch_size: int = 50) -> dict[str
     for kind in result:
         result[kind]["left_out"] = split[kind]
     return {
-        "artifact": art.directory.name,
+        "artifact": Path(directory).name,
         "split": "val",
         "text": PROBE_TEXT,
         "samples": n,

@@ -143,6 +143,7 @@ def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
     """(objective module holding the encoder, tokenizer, training dataset) for a resolved config."""
     from risbench.data.build import train_texts
     from risbench.data.tokenizers import build_tokenizer
+    from risbench.data.words import class_ids
 
     section = dict(resolved["model"]["encoder"])
     enc_name = section.pop("name")
@@ -159,7 +160,11 @@ def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
     tokenizer = build_tokenizer(encoder.tokenizer_family, cfg.tokenizer.path, texts, cache, vocab)
     options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
     objective = entry.obj(options, encoder, tokenizer)
-    return objective, tokenizer, _split(resolved, encoder, "train", cfg.seed)
+    dataset = _split(resolved, encoder, "train", cfg.seed)
+    if hasattr(objective, "bind_word_classes"):
+        classes = dataset.word_classes() if hasattr(dataset, "word_classes") else {}
+        objective.bind_word_classes(class_ids(tokenizer, classes)[0], str(resolved["data"].get("name")))
+    return objective, tokenizer, dataset
 
 
 def _split(resolved: dict[str, Any], encoder, split: str, seed: int):

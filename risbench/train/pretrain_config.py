@@ -19,7 +19,15 @@ from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, compara
 VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))
 # objective options added after artifacts were made, left out of the hash at the value that reproduces those
 # artifacts (so that their cache keys stay valid): objective name -> {option: that value}
-LATER_OPTION_DEFAULTS = {"beit3_mdm": {"norm_target": True}}
+LATER_OPTION_DEFAULTS = {
+    "beit3_mdm": {
+        "norm_target": True,
+        "contrastive_weight": 0.0,
+        "init_temperature": 0.07,
+        "itm_weight": 0.0,
+        "itm_swap": "shape",
+    }
+}
 
 
 @dataclass

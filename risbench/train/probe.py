@@ -20,30 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from risbench.data.words import class_ids
 from risbench.errors import IncompatibleError, RisbenchError
 from risbench.io import provenance
 from risbench.train.pretrain import _split, build_objective, read_artifact, tokenizer_cache
 from risbench.train.pretrain_config import resolve_pretrain_config
 
 PROBE_TEXT = "objects"  # the data's text mode with one object named in full per scene
-
-
-def class_ids(tokenizer, classes: dict[str, dict[str, list[str]]]) -> tuple[dict[str, dict[int, int]], dict]:
-    """Per class, {token id of a word: index of its meaning}; words the tokenizer splits into several
-    pieces are left out (and returned per class, so that the report says so)."""
-    specials = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
-    ids: dict[str, dict[int, int]] = {}
-    split: dict[str, list[str]] = {}
-    for kind, meanings in classes.items():
-        ids[kind], split[kind] = {}, []
-        for m, words in enumerate(meanings.values()):
-            for w in words:
-                pieces = [int(t) for t in tokenizer.encode([w], 11)[0][0] if int(t) not in specials]
-                if len(pieces) == 1:
-                    ids[kind][pieces[0]] = m
-                else:
-                    split[kind].append(w)
-    return ids, split
 
 
 def class_accuracy(

@@ -251,6 +251,25 @@ class Beit3Encoder(Encoder):
             x = layer(x, split, key_mask)
         return self.encoder.layer_norm(x, split)
 
+    def unimodal_sequence(
+        self, image: Tensor | None = None, text_ids: Tensor | None = None, text_pad_mask: Tensor | None = None
+    ) -> Tensor:
+        """BEiT-3's dual-encoder mode (its retrieval fine-tuning, VLMo's): the image alone through the vision
+        expert, or the text alone through the language expert, every layer and the final LayerNorm. Returns
+        the (B, n+1, d) vision sequence for `image`, else the (B, L, d) text sequence; index 0 is its CLS."""
+        pos = self.encoder.embed_positions
+        if image is not None:
+            x, split, key_mask = self.vision_embed(image), self.num_vision_tokens, None
+            x = x + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + split]
+        else:
+            length = text_ids.shape[1]
+            x = self.text_embed(text_ids) + pos.B.weight[POSITION_OFFSET : POSITION_OFFSET + length]
+            x = x * (~text_pad_mask).unsqueeze(-1).to(x.dtype)
+            split, key_mask = 0, attention_mask_from_padding(text_pad_mask, 0)
+        for layer in self.encoder.layers:
+            x = layer(x, split, key_mask)
+        return self.encoder.layer_norm(x, split)
+
     def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
         split = self.num_vision_tokens
         x = self.embed(image, text_ids, text_pad_mask)

@@ -12,13 +12,22 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   and a linear head regresses their pixels (no visual tokenizer is available offline), per-patch
   normalised as MAE's target (`norm_target`, the default) or as the transform gives them, scaled by
   `image_loss_weight`.
+- image-text contrast (optional, `contrastive_weight` > 0): not in BEiT-3's pretraining but in its
+  retrieval fine-tuning and in VLMo's pretraining (the same multiway transformer, Bao et al. 2022): the
+  unmasked image runs alone through the vision expert and the unmasked caption alone through the language
+  expert (`Beit3Encoder.unimodal_sequence`), each CLS goes through a bias-free linear head (`vision_head`,
+  `language_head`) and is L2-normalised, and the B x B cosine similarities scaled by exp(`logit_scale`)
+  (initialised at log(1 / 0.07), the scale clipped at 100) give CLIP's symmetric InfoNCE. Captions that are
+  identical token for token are all positives of each other. The image CLS must then tell a caption's
+  objects apart from the pixels alone, the signal that masked words did not give (docs/decisions.md §9).
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
-`mim_head.*`) beside them, so `encoder.weights=` loads it exactly as an official file and lists the heads
-as ignored.
+`mim_head.*`, and BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`) beside them, so
+`encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +38,12 @@ from torch import Tensor, nn
 from risbench.errors import IncompatibleError, RisbenchError
 from risbench.models.encoders.beit3 import Beit3Encoder
 from risbench.models.encoders.beit3_checkpoint import PREFIX
+from risbench.models.encoders.pair_losses import multi_positive_info_nce, swap_class_words
 from risbench.models.interfaces import PretrainObjective
 from risbench.registry import OBJECTIVES
 
 ENCODER_FILE = "encoder.pth"
+HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head")  # beside the encoder in the export
 
 
 @dataclass
@@ -46,8 +57,18 @@ class Beit3MdmConfig:
     # normalisation turns a background patch (texture and +-6 grey levels of noise) into unit-variance
     # noise no model can predict, and removes the colour of an object's patch (docs/decisions.md §9)
     norm_target: bool = True
+    contrastive_weight: float = 0.0  # weight of the image-text contrast in dual-encoder mode; 0 = none
+    init_temperature: float = 0.07  # BEiT-3 retrieval and CLIP: logit_scale starts at log(1 / 0.07)
+    itm_weight: float = 0.0  # weight of image-text matching on the joint sequence (VLMo's ITM); 0 = none
+    itm_swap: str = "shape"  # the data's word class whose words are swapped to make the matching negatives
 
     def __post_init__(self) -> None:
+        if self.itm_weight < 0.0:
+            raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
+        if self.contrastive_weight < 0.0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if not 0.0 < self.init_temperature <= 1.0:
+            raise ValueError(f"init_temperature must be in (0, 1], got {self.init_temperature}")
         if not 0.0 < self.text_mask_ratio <= 1.0:
             raise ValueError(f"text_mask_ratio must be in (0, 1], got {self.text_mask_ratio}")
         if not 0.0 <= self.image_mask_ratio < 1.0:
@@ -102,10 +123,18 @@ class Beit3MaskedDataModelling(PretrainObjective):
         dim = encoder.embed_dim
         self.mlm_head = nn.Linear(dim, encoder.vocab_size)
         self.mim_head = nn.Linear(dim, 3 * encoder.patch_size**2) if cfg.image_mask_ratio > 0 else None
-        for head in (self.mlm_head, self.mim_head):
+        self.vision_head = self.language_head = self.logit_scale = None
+        if cfg.contrastive_weight > 0:
+            self.vision_head = nn.Linear(dim, dim, bias=False)
+            self.language_head = nn.Linear(dim, dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.itm_head = nn.Linear(dim, 2) if cfg.itm_weight > 0 else None
+        self.swap_words: tuple[Tensor, Tensor] | None = None  # (word ids, meanings) of cfg.itm_swap
+        for head in (self.mlm_head, self.mim_head, self.vision_head, self.language_head, self.itm_head):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
-                nn.init.zeros_(head.bias)
+                if head.bias is not None:
+                    nn.init.zeros_(head.bias)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         image, ids, pad = batch["image"], batch["text_ids"], batch["text_pad_mask"]
@@ -132,7 +161,52 @@ class Beit3MaskedDataModelling(PretrainObjective):
             image_loss = F.mse_loss(pred, pixels[patch_mask])
             logs["loss_mim"] = float(image_loss.detach())
             loss = loss + self.cfg.image_loss_weight * image_loss
+        if self.vision_head is not None:
+            contrast, acc = self.contrastive_loss(image, ids, pad)
+            logs.update(loss_itc=float(contrast.detach()), acc_i2t=acc)
+            loss = loss + self.cfg.contrastive_weight * contrast
+        if self.itm_head is not None:
+            matching, acc = self.matching_loss(image, ids, pad)
+            logs.update(loss_itm=float(matching.detach()), acc_itm=acc)
+            loss = loss + self.cfg.itm_weight * matching
         return loss, logs
+
+    def bind_word_classes(self, classes: dict[str, dict[int, int]], data: str) -> None:
+        """Take the data's word classes ({class: {token id: meaning}}, `risbench.data.words.class_ids`);
+        image-text matching swaps the words of `itm_swap` to make its negatives."""
+        if self.itm_head is None:
+            return
+        words = classes.get(self.cfg.itm_swap, {})
+        if len(set(words.values())) < 2:
+            known = ", ".join(sorted(classes)) or "none"
+            raise IncompatibleError(
+                f"incompatible components: objective 'beit3_mdm' with itm_weight > 0 swaps words of class "
+                f"'{self.cfg.itm_swap}' (objective.itm_swap), but the data '{data}' names word classes: {known}"
+            )
+        self.swap_words = (torch.tensor(list(words)), torch.tensor(list(words.values())))
+
+    def matching_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
+        """(image-text matching on the joint CLS, its accuracy): half of the captions, drawn at random, get
+        one word of class `itm_swap` replaced by one of another meaning and must be told from the rest."""
+        if self.swap_words is None:
+            raise RisbenchError("objective beit3_mdm: itm_weight > 0 needs bind_word_classes() before training")
+        word_ids, meanings = (t.to(ids.device) for t in self.swap_words)
+        rows = torch.rand(ids.shape[0], device=ids.device) < 0.5
+        swapped, changed = swap_class_words(ids, word_ids, meanings, rows)
+        seq = self.encoder.final_sequence(image, swapped, pad, None)
+        logits = self.itm_head(seq[:, 0]).float()
+        target = (~changed).long()  # 1 = the caption matches the image
+        return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
+
+    def contrastive_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
+        """(the image-text contrast of the batch, the share of images whose best caption is a match)."""
+        vision = self.vision_head(self.encoder.unimodal_sequence(image=image)[:, 0])
+        language = self.language_head(self.encoder.unimodal_sequence(text_ids=ids, text_pad_mask=pad)[:, 0])
+        same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(dim=-1)
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        loss, logits = multi_positive_info_nce(vision, language, scale, same)
+        hit = same.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
+        return loss, float(hit)
 
     def masked_word_logits(self, image: Tensor, ids: Tensor, pad: Tensor, masked: Tensor) -> Tensor:
         """(n_masked, vocab): the text head at the `masked` positions of `ids` (already masked), no patch
@@ -145,18 +219,22 @@ class Beit3MaskedDataModelling(PretrainObjective):
         state = torch.load(Path(directory) / ENCODER_FILE, map_location="cpu", weights_only=True)["model"]
         encoder = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
         self.encoder.load_state_dict(encoder, strict=True)
-        for name in ("mlm_head", "mim_head"):
+        for name in HEADS:
             head = getattr(self, name)
             if head is not None:
                 head.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")})
+        if self.logit_scale is not None:
+            self.logit_scale.data.copy_(state["logit_scale"])
 
     def export(self) -> dict[str, object]:
         """{"encoder.pth": {"model": {"beit3.<key>": tensor, ..., "mlm_head.*": ...}}}: the official layout."""
         state = {PREFIX + k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
-        for name in ("mlm_head", "mim_head"):
+        for name in HEADS:
             head = getattr(self, name)
             if head is not None:
                 state.update({f"{name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()})
+        if self.logit_scale is not None:
+            state["logit_scale"] = self.logit_scale.detach().cpu().clone()
         return {ENCODER_FILE: {"model": state}}
 
     @staticmethod

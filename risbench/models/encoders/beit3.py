@@ -218,26 +218,30 @@ class Beit3Encoder(Encoder):
     def embed(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """The layer-0 joint sequence (B, n+1+L, d): embeddings + positions, padded text zeroed. Patches
         where `patch_mask` (B, n) is True are replaced by `mask_token` first (masked image modelling)."""
+        return torch.cat([self._embed_image(image, patch_mask), self._embed_text(text_ids, text_pad_mask)], dim=1)
+
+    def _embed_image(self, image: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise RisbenchError(
                 f"encoder beit3: expected {self.image_size}x{self.image_size} images, got "
                 f"{tuple(image.shape[-2:])}; set encoder.image_size"
             )
-        length = text_ids.shape[1]
-        if length + POSITION_OFFSET > self.encoder.embed_positions.B.num_embeddings:
-            raise RisbenchError(
-                f"encoder beit3: text length {length} exceeds max_text_positions "
-                f"{self.encoder.embed_positions.B.num_embeddings} - {POSITION_OFFSET}"
-            )
-        pos = self.encoder.embed_positions
         vis = self.vision_embed(image)
         if patch_mask is not None:
             keep = torch.cat([torch.zeros_like(patch_mask[:, :1]), patch_mask], dim=1).unsqueeze(-1)
             vis = torch.where(keep, self.vision_embed.mask_token.to(vis.dtype), vis)
-        vis = vis + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + self.num_vision_tokens]
-        txt = self.text_embed(text_ids) + pos.B.weight[POSITION_OFFSET : POSITION_OFFSET + length]
-        txt = txt * (~text_pad_mask).unsqueeze(-1).to(txt.dtype)
-        return torch.cat([vis, txt], dim=1)
+        return vis + self.encoder.embed_positions.A.weight[POSITION_OFFSET : POSITION_OFFSET + self.num_vision_tokens]
+
+    def _embed_text(self, text_ids: Tensor, text_pad_mask: Tensor) -> Tensor:
+        length = text_ids.shape[1]
+        positions = self.encoder.embed_positions.B
+        if length + POSITION_OFFSET > positions.num_embeddings:
+            raise RisbenchError(
+                f"encoder beit3: text length {length} exceeds max_text_positions "
+                f"{positions.num_embeddings} - {POSITION_OFFSET}"
+            )
+        txt = self.text_embed(text_ids) + positions.weight[POSITION_OFFSET : POSITION_OFFSET + length]
+        return txt * (~text_pad_mask).unsqueeze(-1).to(txt.dtype)
 
     def final_sequence(
         self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor, patch_mask: Tensor | None = None
@@ -246,7 +250,9 @@ class Beit3Encoder(Encoder):
         pretraining heads read (torchscale's `encoder_out`), whatever `out_indices` says."""
         split = self.num_vision_tokens
         x = self.embed(image, text_ids, text_pad_mask, patch_mask)
-        key_mask = attention_mask_from_padding(text_pad_mask, split)
+        return self._all_layers(x, split, attention_mask_from_padding(text_pad_mask, split))
+
+    def _all_layers(self, x: Tensor, split: int, key_mask: Tensor | None) -> Tensor:
         for layer in self.encoder.layers:
             x = layer(x, split, key_mask)
         return self.encoder.layer_norm(x, split)
@@ -257,18 +263,12 @@ class Beit3Encoder(Encoder):
         """BEiT-3's dual-encoder mode (its retrieval fine-tuning, VLMo's): the image alone through the vision
         expert, or the text alone through the language expert, every layer and the final LayerNorm. Returns
         the (B, n+1, d) vision sequence for `image`, else the (B, L, d) text sequence; index 0 is its CLS."""
-        pos = self.encoder.embed_positions
         if image is not None:
-            x, split, key_mask = self.vision_embed(image), self.num_vision_tokens, None
-            x = x + pos.A.weight[POSITION_OFFSET : POSITION_OFFSET + split]
+            x, split, key_mask = self._embed_image(image), self.num_vision_tokens, None
         else:
-            length = text_ids.shape[1]
-            x = self.text_embed(text_ids) + pos.B.weight[POSITION_OFFSET : POSITION_OFFSET + length]
-            x = x * (~text_pad_mask).unsqueeze(-1).to(x.dtype)
-            split, key_mask = 0, attention_mask_from_padding(text_pad_mask, 0)
-        for layer in self.encoder.layers:
-            x = layer(x, split, key_mask)
-        return self.encoder.layer_norm(x, split)
+            x, split = self._embed_text(text_ids, text_pad_mask), 0
+            key_mask = attention_mask_from_padding(text_pad_mask, 0)
+        return self._all_layers(x, split, key_mask)
 
     def forward(self, image: Tensor, text_ids: Tensor, text_pad_mask: Tensor) -> EncoderFeatures:
         split = self.num_vision_tokens

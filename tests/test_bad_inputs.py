@@ -308,3 +308,15 @@ def test_a_partial_evaluation_never_replaces_a_full_one(trained, tmp_path, capsy
     capsys.readouterr()
     err = _one_line_error(capsys, ["eval", str(run), "--max-samples", "0"])
     assert "--max-samples must be >= 1" in err
+
+
+def test_list_help_names_every_kind_it_accepts(capsys):
+    from risbench.cli.listing import known_kinds
+
+    with contextlib.suppress(SystemExit):
+        main(["list", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for kind in known_kinds():
+        assert kind in out, kind
+    assert main(["list", "objectives"]) == 0
+    assert "itm_swap" in capsys.readouterr().out

@@ -35,7 +35,7 @@ def preset_rows(kind: str) -> list[tuple[str, str]]:
 def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_cmd(
-        kind: str = typer.Argument(None, help="encoders, fpns, decoders, datasets, losses, metrics, models, recipes"),
+        kind: str = typer.Argument(None, help="one of: " + ", ".join(known_kinds()) + " (default: all)"),
     ) -> None:
         """List what can be combined: components (with their options) and presets."""
         if kind is not None and kind not in known_kinds():

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
-from risbench.models.encoders.dual_contrastive import symmetric_info_nce
-from risbench.models.encoders.pair_losses import multi_positive_info_nce
+from risbench.models.encoders.pair_losses import multi_positive_info_nce, symmetric_info_nce
 
 TINY = {"size": "tiny", "image_size": 32, "embed_dim": 32, "num_heads": 2, "depth": 2, "out_indices": (1, 2)}
 

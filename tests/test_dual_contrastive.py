@@ -65,7 +65,7 @@ def _objective(tmp_path: Path):
 
 
 def test_info_nce_matches_a_hand_computation():
-    from risbench.models.encoders.dual_contrastive import symmetric_info_nce
+    from risbench.models.encoders.pair_losses import symmetric_info_nce
 
     image = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]])
     text = torch.tensor([[1.0, 1.0], [2.0, 0.0], [-1.0, 1.0]])

@@ -20,9 +20,12 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   (initialised at log(1 / 0.07), the scale clipped at 100) give CLIP's symmetric InfoNCE. Captions that are
   identical token for token are all positives of each other. The image CLS must then tell a caption's
   objects apart from the pixels alone, the signal that masked words did not give (docs/decisions.md §9).
+- image-text matching (optional, `itm_weight` > 0; VLMo's ITM): a linear head on the joint sequence's CLS
+  tells matching captions from negatives made by swapping one word of the data's class `itm_swap` for a word
+  of another meaning (`pair_losses.swap_class_words`), half of each batch.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
-`mim_head.*`, and BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`) beside them, so
-`encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
+`mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, and `itm_head.*`) beside
+them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
 """
 
 from __future__ import annotations

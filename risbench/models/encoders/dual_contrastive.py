@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from risbench.errors import IncompatibleError, RisbenchError
 from risbench.models.encoders.dual import DualEncoder
+from risbench.models.encoders.pair_losses import symmetric_info_nce
 from risbench.models.interfaces import PretrainObjective
 from risbench.registry import OBJECTIVES
 
@@ -55,14 +55,6 @@ class DualContrastiveConfig:
             raise ValueError(f"init_temperature must be in (0, 1], got {self.init_temperature}")
         if self.max_logit_scale < 1.0 / self.init_temperature:
             raise ValueError(f"max_logit_scale must be >= 1 / init_temperature, got {self.max_logit_scale}")
-
-
-def symmetric_info_nce(image: Tensor, text: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """CLIP's loss for (B, E) image and text vectors, row i of each a pair: (loss, the (B, B) logits
-    image -> text). The vectors are L2-normalised here; `scale` multiplies the cosine similarities."""
-    logits = scale * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2, logits
 
 
 @OBJECTIVES.register("dual_contrastive", config=DualContrastiveConfig)

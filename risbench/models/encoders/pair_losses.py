@@ -1,4 +1,4 @@
-"""Image-text pair terms shared by pretraining objectives: contrast with several positives, and matching
+"""Image-text pair terms shared by pretraining objectives: CLIP's contrast (one positive or several), and matching
 negatives made by swapping one word of a class for a word of another meaning (NegCLIP's caption
 perturbations, Yuksekgonul et al. 2023, with the data's word classes instead of a parser)."""
 
@@ -9,11 +9,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def cosine_logits(image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
+    """(B, B) logits image -> text: `scale` times the cosine similarities of (B, E) image and text vectors."""
+    return scale * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
+
+
+def symmetric_info_nce(image: Tensor, text: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """CLIP's loss for (B, E) image and text vectors, row i of each a pair: (loss, the (B, B) logits
+    image -> text). The vectors are L2-normalised here; `scale` multiplies the cosine similarities."""
+    logits = cosine_logits(image, text, scale)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2, logits
+
+
 def multi_positive_info_nce(image: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
-    """CLIP's symmetric InfoNCE for (B, E) image and text vectors (L2-normalised here), where `same` (B, B)
-    bool marks the pairs that count as matching (the diagonal and identical captions): each row's target
-    spreads evenly over its matches. Returns (loss, the (B, B) logits image -> text)."""
-    logits = scale * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
+    """CLIP's symmetric InfoNCE where `same` (B, B) bool marks the pairs that count as matching (the diagonal
+    and identical captions): each row's target spreads evenly over its matches. Returns (loss, logits)."""
+    logits = cosine_logits(image, text, scale)
     target = same.float() / same.sum(dim=1, keepdim=True)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target.t())) / 2
     return loss, logits

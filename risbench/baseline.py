@@ -15,9 +15,9 @@ import torch
 
 from risbench.step_timing import PhaseClock, summarize, time_phased
 from risbench.train.config import TrainConfig
-from risbench.train.evaluate import autocast_context
 from risbench.train.losses import build_loss
 from risbench.train.optim import build_optimizer
+from risbench.train.precision import autocast_context
 
 
 def plain_loop(net, step_model, recipe: TrainConfig, batch: dict[str, Any], dev, mode: str, steps: int, warmup: int):

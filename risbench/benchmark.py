@@ -38,9 +38,9 @@ from risbench.peak import device_peak, mfu, peak_dtype
 from risbench.spec import resolve_model_spec
 from risbench.step_timing import PhaseClock, summarize, time_phased
 from risbench.train.config import TrainConfig
-from risbench.train.evaluate import autocast_context, uses_bf16
 from risbench.train.losses import build_loss
 from risbench.train.optim import build_optimizer, optimization_step
+from risbench.train.precision import autocast_context, uses_bf16, warn_if_slow_bf16
 from risbench.train.speed import (
     SpeedConfig,
     compile_loss,
@@ -100,6 +100,7 @@ def benchmark_step(
         raise RisbenchError("--device cuda: no CUDA device is visible; use --device cpu")
     dev = torch.device(device)
     recipe = _recipe(amp, speed)
+    warn_if_slow_bf16(dev, recipe.amp, "--amp")
     torch.manual_seed(seed)
     spec = resolve_model_spec(model, list(overrides or []))
     net = build_segmenter(spec).to(dev)

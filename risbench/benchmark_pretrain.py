@@ -12,8 +12,8 @@ import torch
 from risbench.benchmark import _memory, add_mfu, throughput, time_steps
 from risbench.flops import count_flops
 from risbench.io import device_info, git_info, package_versions
-from risbench.train.evaluate import uses_bf16
 from risbench.train.optim import build_optimizer
+from risbench.train.precision import uses_bf16, warn_if_slow_bf16
 
 
 class _ObjectiveLoss(torch.nn.Module):
@@ -54,6 +54,7 @@ def benchmark_pretrain_step(
     raw = apply_overrides(normalize_raw(load_pretrain_config(config)), list(overrides or []))
     cfg, resolved = resolve_pretrain_config(raw)
     bs = batch_size or cfg.train.batch_size
+    warn_if_slow_bf16(dev, cfg.train.amp)
     torch.manual_seed(seed)
     objective, tokenizer, _ = build_objective(cfg, resolved, tokenizer_cache(cfg))
     objective.to(dev).train()

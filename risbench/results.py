@@ -223,6 +223,7 @@ class PretrainProvenance(ResultFile):
     git: dict[str, Any] | None = None
     versions: dict[str, Any] | None = None
     device: dict[str, Any] | None = None
+    precision: str | None = None  # what the steps ran in: "bf16 autocast" or "fp32" (absent in earlier files)
     world_size: int | None = None
     seed: int | None = None
     host: str | None = None

@@ -52,7 +52,7 @@ def test_bench_bad_input_exits_2(capsys):
     assert main(["bench", "--model", "shared-ris-tiny", "--mode", "fit"]) == 2
     assert "--mode: expected one of train, infer, got 'fit'" in capsys.readouterr().err
     assert main(["bench", "--model", "shared-ris-tiny", "--amp", "fp8"]) == 2
-    assert "--amp: amp must be one of auto, bf16, off, got 'fp8'" in capsys.readouterr().err
+    assert "--amp: amp must be one of auto, bf16, bf16_if_native, off, got 'fp8'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "--model", "shared-ris-tiny", "--device", "cuda"]) == 2
         assert "no CUDA device is visible" in capsys.readouterr().err

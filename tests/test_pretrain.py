@@ -275,4 +275,5 @@ def test_provenance_is_json_serialisable_and_names_its_command(tmp_path):
     art = pretrain(tiny_pretrain(tmp_path), tmp_path / "p", quiet=True)
     prov = json.loads((art.directory / "pretrain.json").read_text())
     assert prov["command"] == "risbench pretrain tiny-test" and prov["git"]["commit"]
+    assert prov["precision"] == "fp32"  # amp auto on CPU
     assert set(prov["files"]) == {"encoder.pth", "tokenizer.model", "pretrain_log.jsonl", "config.yaml"}

@@ -69,7 +69,7 @@ class FakeTrainer:
         oiou = {"none": 50.0, "shared": 60.0}.get(fpn, 40.0) + cfg["seed"]
         metrics = {
             "splits": {"val": {"oIoU": oiou, "mIoU": oiou + 1, "P@0.5": 70.0, "P@0.7": 40.0, "P@0.9": 5.0}},
-            "provenance": {"code_version": code_version(cfg)},  # as train_run records it
+            "provenance": {"code_version": code_version(cfg), "precision": "fp32"},  # as train_run records it
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
@@ -241,6 +241,7 @@ def test_local_sweep_then_rerun_trains_nothing(
     assert rows[1].startswith("none,none,2,0.05,") and ",50.5,0.7071," in rows[1]  # mean/std over 2 seeds
     command = (tmp_path / "results" / "mini" / "command.txt").read_text()
     assert "git commit:" in command and "machine:" in command and "e.yaml" in command
+    assert "precision: fp32 (4 runs)" in command  # what the runs trained in, from their metrics.json
     for run in load_experiment(path).runs:
         run_dir = tmp_path / "runs" / "mini" / run.run_id
         assert {"config.yaml", "run.json", "metrics.json", "flops.json"} <= {p.name for p in run_dir.iterdir()}

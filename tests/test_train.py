@@ -74,6 +74,7 @@ def test_run_writes_its_files(finished_run):
     assert {"oIoU", "mIoU", "P@0.5", "P@0.9", "iou_by_size"} <= set(val)
     prov = metrics["provenance"]
     assert prov["weights"] == "random" and prov["seed"] == 3 and prov["world_size"] == 1
+    assert prov["precision"] == "fp32"  # amp auto: bf16 on CUDA only
     assert {"git", "versions", "device", "tokenizer", "image_size", "data", "timings"} <= set(prov)
     assert metrics["train"]["steps"] == 5 and metrics["train"]["epochs_completed"] == 1
 
@@ -284,6 +285,7 @@ def test_cpu_bf16_autocast_runs_are_reproducible(tmp_path):
         runs[name] = (train_run(cfg, tmp_path / name, quiet=True), tmp_path / name)
     (ma, da), (mb, db), (_, df) = runs["a"], runs["b"], runs["fp32"]
     assert ma["splits"] == mb["splits"]
+    assert ma["provenance"]["precision"] == "bf16 autocast" and runs["fp32"][0]["provenance"]["precision"] == "fp32"
     a, b, f = (load_checkpoint(d / "checkpoints" / "last.pt")["model"] for d in (da, db, df))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the weights, not the metrics: a tiny 3-step model can score the same in both precisions

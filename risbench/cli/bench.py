@@ -165,7 +165,10 @@ def register(app: typer.Typer) -> None:
             None, "--pretrain", help="time a pretraining config's step instead (registry/pretrain/ name or YAML)"
         ),
         amp: str = typer.Option(
-            "auto", "--amp", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or off; --pretrain: the config's train.amp"
+            "auto",
+            "--amp",
+            help="auto (bf16 on CUDA, fp32 on CPU), bf16, bf16_if_native (bf16 where the device computes it "
+            "natively) or off; --pretrain: the config's train.amp",
         ),
         mode: str = typer.Option("train", "--mode", help="train (fwd + loss + bwd + AdamW) or infer (fwd)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),

@@ -25,7 +25,7 @@ from risbench.runner.columns import COST, LABELS
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.pretrained import without_encoder_options
 from risbench.runner.progress import SweepProgress
-from risbench.train.rundir import is_finished, is_started
+from risbench.train.rundir import is_finished, is_started, read_metrics
 
 
 def prepare_runs(exp: Experiment, runs: list[Run], runs_dir: Path) -> list[Path]:
@@ -93,6 +93,17 @@ def machine() -> str:
     )
 
 
+def run_precisions(exp_dir: Path, run_ids: list[str]) -> str:
+    """What the finished runs trained in, from their metrics.json ("bf16 autocast (12 runs)"): one recipe
+    runs in bf16 on one CPU and in fp32 on another (risbench/train/precision.py)."""
+    counts: dict[str, int] = {}
+    for run_id in run_ids:
+        if is_finished(exp_dir / run_id):
+            name = read_metrics(exp_dir / run_id).provenance.get("precision", "not recorded")
+            counts[name] = counts.get(name, 0) + 1
+    return "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(counts.items())) or "no finished run"
+
+
 def provenance_text(command: list[str], exp: Experiment, runs_dir: Path, seconds: float | None = None) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [
@@ -102,6 +113,7 @@ def provenance_text(command: list[str], exp: Experiment, runs_dir: Path, seconds
         f"date: {now}",
         f"machine: {machine()}",
         f"git commit: {git_text()}",
+        f"precision: {run_precisions(Path(runs_dir) / exp.name, [r.run_id for r in exp.runs])}",
     ]
     if seconds is not None:
         lines.append(f"wall time of this invocation: {seconds:.0f} s")

@@ -40,6 +40,7 @@ from risbench.train.distributed import DistInfo, barrier, init_distributed
 from risbench.train.evaluate import SwappedText, evaluate_dataset
 from risbench.train.lock import run_lock
 from risbench.train.metrics import SentenceResult
+from risbench.train.precision import precision_name, warn_if_slow_bf16
 from risbench.train.rundir import (
     VERSION_FILE,
     check_config,
@@ -108,6 +109,7 @@ def run_provenance(comp: Components, cfg: RunConfig, resolved: dict[str, Any], i
     model = comp.model
     return {
         **provenance(info.device, info.world_size, cfg.seed),
+        "precision": precision_name(info.device, cfg.train.amp),
         "weights": model.encoder.weights,
         "tokenizer": comp.tokenizer.describe() if hasattr(comp.tokenizer, "describe") else str(comp.tokenizer),
         "threshold": cfg.eval.threshold,
@@ -202,6 +204,8 @@ def _train_and_evaluate(
     version: str,
 ) -> dict[str, Any]:
     seed_everything(run_cfg.seed)  # before the model is built: its initial weights come from the seed
+    if info.is_main:
+        warn_if_slow_bf16(info.device, run_cfg.train.amp)
     comp = build_components(run_cfg, resolved, info)
     check_first_batches(comp, run_cfg)  # data checked before compute
     state = train(run_cfg, resolved, run_dir, info, comp, quiet=quiet, resume=resume, interrupt_after=interrupt_after)

@@ -22,13 +22,13 @@ from risbench.config import to_dataclass, to_dict
 from risbench.data.build import dataset_class_and_config, resolve_data_config
 from risbench.registry import LOSSES
 from risbench.spec import apply_overrides, resolve_model
+from risbench.train.precision import AMP_MODES
 from risbench.train.speed import SpeedConfig
 
 SCHEDULES = ("cosine", "linear", "constant", "poly")  # progress-driven (pretraining's too)
 RUN_SCHEDULES = (*SCHEDULES, "step")  # step: x gamma at each epoch in `milestones` (MultiStepLR)
 OPTIMIZERS = ("adamw", "adam")
 RESOLUTIONS = ("original", "input")
-AMP_MODES = ("auto", "bf16", "off")
 # Keys whose value does not change what a run computes: ignored when deciding whether a finished or
 # interrupted run in the same directory is "the same run".
 VOLATILE_KEYS = (
@@ -100,7 +100,7 @@ class TrainConfig:
     val_every: int | None = None  # steps between validations on eval.val_split; null = each epoch end
     ckpt_every: int | None = None  # steps between last.pt saves; null = at each validation and the end
     val_max_samples: int | None = None  # cap on validation samples during training (final eval: all)
-    amp: str | bool = "auto"  # auto = bf16 autocast on CUDA, none on CPU; bf16; off (YAML off/false too)
+    amp: str | bool = "auto"  # auto (bf16 on CUDA) | bf16 | bf16_if_native | off: risbench/train/precision.py
     sync_bn: bool | None = None  # null = SyncBatchNorm when running DDP on CUDA (not possible on CPU)
     find_unused_parameters: bool = False
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn only on CUDA)

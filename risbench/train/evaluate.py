@@ -9,7 +9,6 @@ the ground truth resized nearest to S x S (`input_resolution_mask`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from risbench.train.distributed import DistInfo, all_gather_objects
 from risbench.train.metrics import SentenceResult, compute_metrics, score_sentence
+from risbench.train.precision import autocast_context
 
 
 class SwappedText(torch.utils.data.Dataset):
@@ -45,18 +45,6 @@ class SwappedText(torch.utils.data.Dataset):
         sample["text"] = other["text"]
         sample["meta"] = {**sample["meta"], "sentence": other["text"], "swapped_from": self.perm[index]}
         return sample
-
-
-def uses_bf16(device: torch.device, amp: str) -> bool:
-    """Whether `amp` means bf16 autocast on `device`: amp=auto|bf16 on CUDA; on CPU only an explicit bf16."""
-    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
-
-
-def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast where `uses_bf16`, else nothing."""
-    if not uses_bf16(device, amp):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def score_batch(

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from risbench.models.interfaces import unpadded_text
 from risbench.train.config import TrainConfig
-from risbench.train.evaluate import autocast_context
 from risbench.train.losses import resize_target
+from risbench.train.precision import autocast_context
 from risbench.train.robust_loss import existence_term, mask_loss_terms
 from risbench.train.speed import use_fused
 

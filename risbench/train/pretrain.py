@@ -35,8 +35,8 @@ from risbench.results import PRETRAIN_FILE, PretrainProvenance
 from risbench.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from risbench.train.components import default_cache_dir, process_settings
 from risbench.train.distributed import GlobalBatchSampler, env_world_size, init_distributed
-from risbench.train.evaluate import autocast_context
 from risbench.train.optim import LRSchedule, build_optimizer
+from risbench.train.precision import autocast_context, precision_name, warn_if_slow_bf16
 from risbench.train.pretrain_config import PretrainConfig, config_hash, resolve_pretrain_config
 from risbench.train.progress import Progress, truncate_log, use_quiet
 
@@ -186,6 +186,8 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
 
     tcfg = cfg.train
     started = provenance(device, 1, cfg.seed)  # the code that runs: read before it can change on disk
+    started["precision"] = precision_name(device, tcfg.amp)
+    warn_if_slow_bf16(device, tcfg.amp)
     seed_everything(cfg.seed)
     objective, tokenizer, dataset = build_objective(cfg, resolved, tokenizer_cache(cfg))
     objective.to(device).train()

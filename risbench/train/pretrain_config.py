@@ -13,7 +13,8 @@ from risbench.config import find_preset, to_dataclass, to_dict
 from risbench.errors import RisbenchError
 from risbench.registry import ENCODERS, OBJECTIVES
 from risbench.spec import load_config, resolve_model
-from risbench.train.config import AMP_MODES, SCHEDULES, TokenizerConfig, comparable, resolve_data
+from risbench.train.config import SCHEDULES, TokenizerConfig, comparable, resolve_data
+from risbench.train.precision import AMP_MODES
 
 # keys that do not change what pretraining computes (left out of the hash)
 VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("train", "num_workers"))
@@ -54,7 +55,7 @@ class PretrainRecipe:
     clip_grad: float | None = 1.0
     log_every: int = 20
     ckpt_every: int = 100  # steps between checkpoints/last.pt saves (resume after an interruption)
-    amp: str | bool = "auto"  # auto = bf16 autocast on CUDA, none on CPU; bf16; off (YAML off/false too)
+    amp: str | bool = "auto"  # auto (bf16 on CUDA) | bf16 | bf16_if_native | off: risbench/train/precision.py
     deterministic: bool = True
     threads: int | None = None
     num_workers: int = 0

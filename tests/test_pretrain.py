@@ -277,3 +277,47 @@ def test_provenance_is_json_serialisable_and_names_its_command(tmp_path):
     assert prov["command"] == "risbench pretrain tiny-test" and prov["git"]["commit"]
     assert prov["precision"] == "fp32"  # amp auto on CPU
     assert set(prov["files"]) == {"encoder.pth", "tokenizer.model", "pretrain_log.jsonl", "config.yaml"}
+
+
+def test_hog_targets_measure_outlines_by_orientation():
+    """MaskFeat's target: a flat image has none, a vertical edge puts its magnitude in the first orientation bin
+    of the cells it crosses, and the layout follows the patch order of `patchify`."""
+    from risbench.models.encoders.beit3_pretrain import HOG_BINS, HOG_CELLS, hog_targets
+
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    assert hog_targets(flat, 8).abs().max() == 0
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 10:] = 1.0  # a vertical edge between columns 9 and 10: patch (0, 1) and (1, 1), left cells
+    hog = hog_targets(edge, 8)
+    assert hog.shape == (1, 4, 3 * HOG_BINS * HOG_CELLS**2)
+    per = hog.reshape(1, 4, 3, HOG_BINS, HOG_CELLS, HOG_CELLS)
+    assert per[:, [0, 2]].abs().max() == 0  # the left patches see no edge
+    assert per[0, 1, :, 0, :, 0].min() > 0 and per[0, 1, :, 1:].abs().max() == 0  # orientation bin 0, left cells
+    assert torch.equal(per[0, 1], per[0, 3])
+
+
+def test_mdm_hog_target_is_regressed_and_an_unknown_target_refused():
+    """With `mim_target: hog` the masked-patch head regresses the HOG of the masked patches: a flat image's
+    target is 0, so a zero head scores 0 and a head with a bias does not; a misspelt target lists the known."""
+    from types import SimpleNamespace
+
+    from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
+    from risbench.models.encoders.beit3_pretrain import HOG_BINS, Beit3MaskedDataModelling, Beit3MdmConfig
+
+    torch.manual_seed(0)
+    encoder = Beit3Encoder(Beit3Config(**TINY_ENCODER, size="tiny", patch_size=8, vocab_size=50))
+    cfg = Beit3MdmConfig(image_mask_ratio=0.5, mim_target="hog")
+    objective = Beit3MaskedDataModelling(cfg, encoder, SimpleNamespace(mask_id=49, bos_id=0, eos_id=2))
+    assert objective.mim_head.out_features == 3 * HOG_BINS * 4
+    torch.nn.init.zeros_(objective.mim_head.weight)
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    batch = {
+        "image": torch.full((1, 3, 32, 32), 0.5),
+        "text_ids": ids,
+        "text_pad_mask": torch.zeros_like(ids, dtype=torch.bool),
+    }
+    assert objective(batch)[1]["loss_mim"] == pytest.approx(0.0, abs=1e-9)
+    torch.nn.init.constant_(objective.mim_head.bias, 0.5)
+    assert objective(batch)[1]["loss_mim"] == pytest.approx(0.25, abs=1e-6)
+    with pytest.raises(ValueError, match="pixels"):
+        Beit3MdmConfig(mim_target="hogg")

@@ -23,6 +23,7 @@ VOLATILE = (("description",), ("train", "log_every"), ("train", "threads"), ("tr
 LATER_OPTION_DEFAULTS = {
     "beit3_mdm": {
         "norm_target": True,
+        "mim_target": "pixels",
         "contrastive_weight": 0.0,
         "init_temperature": 0.07,
         "itm_weight": 0.0,

@@ -11,7 +11,10 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
 - image (optional, `image_mask_ratio` > 0): uniformly random patches become `vision_embed.mask_token`
   and a linear head regresses their pixels (no visual tokenizer is available offline), per-patch
   normalised as MAE's target (`norm_target`, the default) or as the transform gives them, scaled by
-  `image_loss_weight`.
+  `image_loss_weight`. `mim_target: hog` regresses MaskFeat's target instead (Wei et al. 2022): per masked
+  patch, histograms of oriented gradients (`HOG_BINS` unsigned orientations, magnitude-weighted, per colour
+  channel, on a 2 x 2 grid of cells), left unnormalised so that SynthRef's background noise stays small and an
+  outline crossing the patch is the large part of the target (docs/decisions.md §9).
 - image-text contrast (optional, `contrastive_weight` > 0): not in BEiT-3's pretraining but in its
   retrieval fine-tuning and in VLMo's pretraining (the same multiway transformer, Bao et al. 2022): the
   unmasked image runs alone through the vision expert and the unmasked caption alone through the language
@@ -38,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from risbench.errors import IncompatibleError, RisbenchError
+from risbench.errors import IncompatibleError, RisbenchError, unknown_name_message
 from risbench.models.encoders.beit3 import Beit3Encoder
 from risbench.models.encoders.beit3_checkpoint import PREFIX
 from risbench.models.encoders.pair_losses import multi_positive_info_nce, swap_class_words
@@ -46,6 +49,8 @@ from risbench.models.interfaces import PretrainObjective
 from risbench.registry import OBJECTIVES
 
 ENCODER_FILE = "encoder.pth"
+MIM_TARGETS = ("pixels", "hog")
+HOG_BINS, HOG_CELLS = 9, 2  # MaskFeat's 9 orientation bins; cells of half a patch a side
 HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head")  # beside the encoder in the export
 
 
@@ -60,6 +65,7 @@ class Beit3MdmConfig:
     # normalisation turns a background patch (texture and +-6 grey levels of noise) into unit-variance
     # noise no model can predict, and removes the colour of an object's patch (docs/decisions.md §9)
     norm_target: bool = True
+    mim_target: str = "pixels"  # pixels (MAE's) | hog (MaskFeat's histograms of oriented gradients)
     contrastive_weight: float = 0.0  # weight of the image-text contrast in dual-encoder mode; 0 = none
     init_temperature: float = 0.07  # BEiT-3 retrieval and CLIP: logit_scale starts at log(1 / 0.07)
     itm_weight: float = 0.0  # weight of image-text matching on the joint sequence (VLMo's ITM); 0 = none
@@ -74,6 +80,8 @@ class Beit3MdmConfig:
             raise ValueError(f"init_temperature must be in (0, 1], got {self.init_temperature}")
         if not 0.0 < self.text_mask_ratio <= 1.0:
             raise ValueError(f"text_mask_ratio must be in (0, 1], got {self.text_mask_ratio}")
+        if self.mim_target not in MIM_TARGETS:
+            raise ValueError(unknown_name_message("mim_target", self.mim_target, MIM_TARGETS))
         if not 0.0 <= self.image_mask_ratio < 1.0:
             raise ValueError(f"image_mask_ratio must be in [0, 1), got {self.image_mask_ratio}")
 
@@ -93,6 +101,24 @@ def patchify(image: Tensor, patch: int) -> Tensor:
     b, c, h, w = image.shape
     x = image.reshape(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def hog_targets(image: Tensor, patch: int) -> Tensor:
+    """(B, 3, S, S) -> (B, n, 3 * HOG_BINS * HOG_CELLS**2): per patch (row-major, the encoder's order), per
+    channel and cell, the gradient magnitudes summed by unsigned orientation bin (central differences)."""
+    b, c, h, w = image.shape
+    x = F.pad(image.float(), (1, 1, 1, 1), mode="replicate")
+    gx = x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]
+    gy = x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]
+    magnitude = torch.sqrt(gx * gx + gy * gy)
+    angle = torch.atan2(gy, gx) % math.pi  # unsigned: [0, pi)
+    bins = (angle / math.pi * HOG_BINS).long().clamp(max=HOG_BINS - 1)
+    hist = torch.zeros(b, c, HOG_BINS, h, w, device=image.device).scatter_(2, bins[:, :, None], magnitude[:, :, None])
+    cell = patch // HOG_CELLS
+    hist = hist.reshape(b, c, HOG_BINS, h // cell, cell, w // cell, cell).sum((4, 6))  # (B, C, bins, H/cell, W/cell)
+    g = h // patch
+    hist = hist.reshape(b, c, HOG_BINS, g, HOG_CELLS, g, HOG_CELLS).permute(0, 3, 5, 1, 2, 4, 6)
+    return hist.reshape(b, g * g, c * HOG_BINS * HOG_CELLS**2)
 
 
 def blank_patches(image: Tensor, patch_mask: Tensor, patch: int) -> Tensor:
@@ -125,7 +151,8 @@ class Beit3MaskedDataModelling(PretrainObjective):
         self.special = (int(tokenizer.bos_id), int(tokenizer.eos_id))
         dim = encoder.embed_dim
         self.mlm_head = nn.Linear(dim, encoder.vocab_size)
-        self.mim_head = nn.Linear(dim, 3 * encoder.patch_size**2) if cfg.image_mask_ratio > 0 else None
+        target_dim = 3 * encoder.patch_size**2 if cfg.mim_target == "pixels" else 3 * HOG_BINS * HOG_CELLS**2
+        self.mim_head = nn.Linear(dim, target_dim) if cfg.image_mask_ratio > 0 else None
         self.vision_head = self.language_head = self.logit_scale = None
         if cfg.contrastive_weight > 0:
             self.vision_head = nn.Linear(dim, dim, bias=False)
@@ -156,8 +183,11 @@ class Beit3MaskedDataModelling(PretrainObjective):
         logs = {"loss_mlm": float(text_loss.detach()), "acc_mlm": float((logits.argmax(-1) == target).float().mean())}
         loss = text_loss
         if self.mim_head is not None:
-            pixels = patchify(image, self.encoder.patch_size)
-            if self.cfg.norm_target:
+            if self.cfg.mim_target == "hog":
+                pixels = hog_targets(image, self.encoder.patch_size)
+            else:
+                pixels = patchify(image, self.encoder.patch_size)
+            if self.cfg.norm_target and self.cfg.mim_target == "pixels":
                 mean, var = pixels.mean(-1, keepdim=True), pixels.var(-1, keepdim=True)
                 pixels = (pixels - mean) / (var + 1e-6).sqrt()
             pred = self.mim_head(seq[:, 1:split][patch_mask]).float()

@@ -64,10 +64,9 @@ def test_patchify_matches_token_order():
     assert torch.equal(patches[:, 1, :3], image[:, :, 0, 2])
 
 
-@pytest.mark.parametrize("norm_target", [True, False])
-def test_mim_target_per_patch_normalised_or_as_given(norm_target):
-    """A flat image: per-patch normalised targets are 0, so a head that predicts 0 scores 0; without the
-    normalisation the target is the pixel value itself (0.5 here), and the same head scores 0.25."""
+def _flat_image_objective(**options):
+    """A tiny beit3_mdm objective with these options, its masked-patch head's weights zeroed, and one batch
+    of a flat grey (0.5) 32 px image with a 3-word text."""
     from types import SimpleNamespace
 
     from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
@@ -76,8 +75,7 @@ def test_mim_target_per_patch_normalised_or_as_given(norm_target):
     torch.manual_seed(0)
     encoder = Beit3Encoder(Beit3Config(**TINY_ENCODER, size="tiny", patch_size=8, vocab_size=50))
     tokenizer = SimpleNamespace(mask_id=49, bos_id=0, eos_id=2)
-    cfg = Beit3MdmConfig(image_mask_ratio=0.5, norm_target=norm_target)
-    objective = Beit3MaskedDataModelling(cfg, encoder, tokenizer)
+    objective = Beit3MaskedDataModelling(Beit3MdmConfig(image_mask_ratio=0.5, **options), encoder, tokenizer)
     torch.nn.init.zeros_(objective.mim_head.weight)
     ids = torch.tensor([[0, 5, 6, 7, 2]])
     batch = {
@@ -85,6 +83,14 @@ def test_mim_target_per_patch_normalised_or_as_given(norm_target):
         "text_ids": ids,
         "text_pad_mask": torch.zeros_like(ids, dtype=torch.bool),
     }
+    return objective, batch
+
+
+@pytest.mark.parametrize("norm_target", [True, False])
+def test_mim_target_per_patch_normalised_or_as_given(norm_target):
+    """A flat image: per-patch normalised targets are 0, so a head that predicts 0 scores 0; without the
+    normalisation the target is the pixel value itself (0.5 here), and the same head scores 0.25."""
+    objective, batch = _flat_image_objective(norm_target=norm_target)
     _, logs = objective(batch)
     assert logs["loss_mim"] == pytest.approx(0.0 if norm_target else 0.25, abs=1e-6)
 
@@ -299,23 +305,10 @@ def test_hog_targets_measure_outlines_by_orientation():
 def test_mdm_hog_target_is_regressed_and_an_unknown_target_refused():
     """With `mim_target: hog` the masked-patch head regresses the HOG of the masked patches: a flat image's
     target is 0, so a zero head scores 0 and a head with a bias does not; a misspelt target lists the known."""
-    from types import SimpleNamespace
+    from risbench.models.encoders.beit3_pretrain import HOG_BINS, Beit3MdmConfig
 
-    from risbench.models.encoders.beit3 import Beit3Config, Beit3Encoder
-    from risbench.models.encoders.beit3_pretrain import HOG_BINS, Beit3MaskedDataModelling, Beit3MdmConfig
-
-    torch.manual_seed(0)
-    encoder = Beit3Encoder(Beit3Config(**TINY_ENCODER, size="tiny", patch_size=8, vocab_size=50))
-    cfg = Beit3MdmConfig(image_mask_ratio=0.5, mim_target="hog")
-    objective = Beit3MaskedDataModelling(cfg, encoder, SimpleNamespace(mask_id=49, bos_id=0, eos_id=2))
+    objective, batch = _flat_image_objective(mim_target="hog")
     assert objective.mim_head.out_features == 3 * HOG_BINS * 4
-    torch.nn.init.zeros_(objective.mim_head.weight)
-    ids = torch.tensor([[0, 5, 6, 7, 2]])
-    batch = {
-        "image": torch.full((1, 3, 32, 32), 0.5),
-        "text_ids": ids,
-        "text_pad_mask": torch.zeros_like(ids, dtype=torch.bool),
-    }
     assert objective(batch)[1]["loss_mim"] == pytest.approx(0.0, abs=1e-9)
     torch.nn.init.constant_(objective.mim_head.bias, 0.5)
     assert objective(batch)[1]["loss_mim"] == pytest.approx(0.25, abs=1e-6)

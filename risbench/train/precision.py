@@ -5,8 +5,9 @@
 - `bf16`: bf16 autocast on any device.
 - `bf16_if_native`: bf16 autocast where the device computes bf16 natively (a CUDA GPU with bf16, a CPU whose
   oneDNN has bf16 kernels: AVX-512 or AMX), fp32 elsewhere. On a CPU with only AVX2, a bf16 matrix product
-  runs about 100x slower than an fp32 one (measured 2026-12-02 on a 2-core AMD EPYC: 0.99 against 160 GFLOP/s
-  for 1024^3), so a recipe meant for every CPU asks for this mode (docs/decisions.md §5).
+  runs over 100x slower than an fp32 one (measured 2026-12-02 on a 2-core AMD EPYC: 0.99 against 160 GFLOP/s
+  for 1024^3) and a shared-ris-tiny training step 16x slower (README), so a recipe meant for every CPU asks
+  for this mode (docs/decisions.md §5).
 
 The effective precision goes into a run's provenance (`precision`), since one config runs in bf16 on one
 machine and in fp32 on another.
@@ -68,7 +69,7 @@ def slow_bf16_warning(device: torch.device, amp: str, key: str = "train.amp") ->
     where = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
     return (
         f"{key}=bf16 on a {device.type} without native bf16 ({where}): bf16 matrix products are emulated here, "
-        f"about 100x slower than fp32; set {key}=bf16_if_native (bf16 only where native) or {key}=off"
+        f"over 100x slower than fp32; set {key}=bf16_if_native (bf16 only where native) or {key}=off"
     )
 
 

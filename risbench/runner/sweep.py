@@ -12,6 +12,7 @@ import os
 import platform
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -96,11 +97,11 @@ def machine() -> str:
 def run_precisions(exp_dir: Path, run_ids: list[str]) -> str:
     """What the finished runs trained in, from their metrics.json ("bf16 autocast (12 runs)"): one recipe
     runs in bf16 on one CPU and in fp32 on another (risbench/train/precision.py)."""
-    counts: dict[str, int] = {}
-    for run_id in run_ids:
-        if is_finished(exp_dir / run_id):
-            name = read_metrics(exp_dir / run_id).provenance.get("precision", "not recorded")
-            counts[name] = counts.get(name, 0) + 1
+    counts = Counter(
+        read_metrics(exp_dir / run_id).provenance.get("precision", "not recorded")
+        for run_id in run_ids
+        if is_finished(exp_dir / run_id)
+    )
     return "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(counts.items())) or "no finished run"
 
 

@@ -184,14 +184,14 @@ class Beit3MaskedDataModelling(PretrainObjective):
         loss = text_loss
         if self.mim_head is not None:
             if self.cfg.mim_target == "hog":
-                pixels = hog_targets(image, self.encoder.patch_size)
+                image_target = hog_targets(image, self.encoder.patch_size)
             else:
-                pixels = patchify(image, self.encoder.patch_size)
-            if self.cfg.norm_target and self.cfg.mim_target == "pixels":
-                mean, var = pixels.mean(-1, keepdim=True), pixels.var(-1, keepdim=True)
-                pixels = (pixels - mean) / (var + 1e-6).sqrt()
+                image_target = patchify(image, self.encoder.patch_size)
+                if self.cfg.norm_target:
+                    mean, var = image_target.mean(-1, keepdim=True), image_target.var(-1, keepdim=True)
+                    image_target = (image_target - mean) / (var + 1e-6).sqrt()
             pred = self.mim_head(seq[:, 1:split][patch_mask]).float()
-            image_loss = F.mse_loss(pred, pixels[patch_mask])
+            image_loss = F.mse_loss(pred, image_target[patch_mask])
             logs["loss_mim"] = float(image_loss.detach())
             loss = loss + self.cfg.image_loss_weight * image_loss
         if self.vision_head is not None:

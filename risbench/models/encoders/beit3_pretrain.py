@@ -23,6 +23,9 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   (initialised at log(1 / 0.07), the scale clipped at 100) give CLIP's symmetric InfoNCE. Captions that are
   identical token for token are all positives of each other. The image CLS must then tell a caption's
   objects apart from the pixels alone, the signal that masked words did not give (docs/decisions.md §9).
+  `itc_negatives: <word class>` adds NegCLIP's hard negatives (Yuksekgonul et al. 2023) to the image -> text
+  side: each caption with one word of that class swapped for another meaning is one more column of every
+  image's row, so an image must say which of the two captions it shows (the text -> image side is unchanged).
 - image-text matching (optional, `itm_weight` > 0; VLMo's ITM): a linear head on the joint sequence's CLS
   tells matching captions from negatives made by swapping one word of the data's class `itm_swap` for a word
   of another meaning (`pair_losses.swap_class_words`), half of each batch.
@@ -70,12 +73,15 @@ class Beit3MdmConfig:
     init_temperature: float = 0.07  # BEiT-3 retrieval and CLIP: logit_scale starts at log(1 / 0.07)
     itm_weight: float = 0.0  # weight of image-text matching on the joint sequence (VLMo's ITM); 0 = none
     itm_swap: str = "shape"  # the data's word class whose words are swapped to make the matching negatives
+    itc_negatives: str = ""  # a word class: its swapped captions join the contrast as hard negatives; "" = none
 
     def __post_init__(self) -> None:
         if self.itm_weight < 0.0:
             raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
         if self.contrastive_weight < 0.0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.itc_negatives and self.contrastive_weight == 0.0:
+            raise ValueError("itc_negatives adds hard negatives to the contrast: set contrastive_weight > 0")
         if not 0.0 < self.init_temperature <= 1.0:
             raise ValueError(f"init_temperature must be in (0, 1], got {self.init_temperature}")
         if not 0.0 < self.text_mask_ratio <= 1.0:
@@ -159,7 +165,7 @@ class Beit3MaskedDataModelling(PretrainObjective):
             self.language_head = nn.Linear(dim, dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.itm_head = nn.Linear(dim, 2) if cfg.itm_weight > 0 else None
-        self.swap_words: tuple[Tensor, Tensor] | None = None  # (word ids, meanings) of cfg.itm_swap
+        self.swap_words: dict[str, tuple[Tensor, Tensor]] = {}  # class -> (word ids, meanings), bound at build
         for head in (self.mlm_head, self.mim_head, self.vision_head, self.language_head, self.itm_head):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
@@ -196,7 +202,7 @@ class Beit3MaskedDataModelling(PretrainObjective):
             loss = loss + self.cfg.image_loss_weight * image_loss
         if self.vision_head is not None:
             contrast, acc = self.contrastive_loss(image, ids, pad)
-            logs.update(loss_itc=float(contrast.detach()), acc_i2t=acc)
+            logs.update(loss_itc=float(contrast.detach()), **acc)
             loss = loss + self.cfg.contrastive_weight * contrast
         if self.itm_head is not None:
             matching, acc = self.matching_loss(image, ids, pad)
@@ -204,42 +210,63 @@ class Beit3MaskedDataModelling(PretrainObjective):
             loss = loss + self.cfg.itm_weight * matching
         return loss, logs
 
+    def _swap_classes(self) -> list[str]:
+        """The word classes whose words some term swaps (matching's `itm_swap`, the contrast's negatives)."""
+        names = [self.cfg.itm_swap] if self.itm_head is not None else []
+        return names + [self.cfg.itc_negatives] if self.cfg.itc_negatives else names
+
     def bind_word_classes(self, classes: dict[str, dict[int, int]], data: str) -> None:
-        """Take the data's word classes ({class: {token id: meaning}}, `risbench.data.words.class_ids`);
-        image-text matching swaps the words of `itm_swap` to make its negatives."""
-        if self.itm_head is None:
-            return
-        words = classes.get(self.cfg.itm_swap, {})
-        if len(set(words.values())) < 2:
-            known = ", ".join(sorted(classes)) or "none"
-            raise IncompatibleError(
-                f"incompatible components: objective 'beit3_mdm' with itm_weight > 0 swaps words of class "
-                f"'{self.cfg.itm_swap}' (objective.itm_swap), but the data '{data}' names word classes: {known}"
-            )
-        self.swap_words = (torch.tensor(list(words)), torch.tensor(list(words.values())))
+        """Take the data's word classes ({class: {token id: meaning}}, `risbench.data.words.class_ids`) that
+        image-text matching (`itm_swap`) and the contrast's hard negatives (`itc_negatives`) swap."""
+        for name in self._swap_classes():
+            words = classes.get(name, {})
+            if len(set(words.values())) < 2:
+                known = ", ".join(sorted(classes)) or "none"
+                option = "itm_swap" if name == self.cfg.itm_swap and self.itm_head is not None else "itc_negatives"
+                raise IncompatibleError(
+                    f"incompatible components: objective 'beit3_mdm' swaps words of class '{name}' "
+                    f"(objective.{option}), but the data '{data}' names word classes: {known}"
+                )
+            self.swap_words[name] = (torch.tensor(list(words)), torch.tensor(list(words.values())))
+
+    def _swapped(self, name: str, ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """`swap_class_words` with the bound words of class `name`."""
+        if name not in self.swap_words:
+            raise RisbenchError(f"objective beit3_mdm: swapping '{name}' words needs bind_word_classes() first")
+        word_ids, meanings = (t.to(ids.device) for t in self.swap_words[name])
+        return swap_class_words(ids, word_ids, meanings, rows)
 
     def matching_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
         """(image-text matching on the joint CLS, its accuracy): half of the captions, drawn at random, get
         one word of class `itm_swap` replaced by one of another meaning and must be told from the rest."""
-        if self.swap_words is None:
-            raise RisbenchError("objective beit3_mdm: itm_weight > 0 needs bind_word_classes() before training")
-        word_ids, meanings = (t.to(ids.device) for t in self.swap_words)
         rows = torch.rand(ids.shape[0], device=ids.device) < 0.5
-        swapped, changed = swap_class_words(ids, word_ids, meanings, rows)
+        swapped, changed = self._swapped(self.cfg.itm_swap, ids, rows)
         seq = self.encoder.final_sequence(image, swapped, pad, None)
         logits = self.itm_head(seq[:, 0]).float()
         target = (~changed).long()  # 1 = the caption matches the image
         return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
 
-    def contrastive_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
-        """(the image-text contrast of the batch, the share of images whose best caption is a match)."""
+    def contrastive_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """(the image-text contrast of the batch, {acc_i2t: the share of images whose best caption is a match,
+        and with `itc_negatives` acc_neg: the share whose own caption beats its swapped one})."""
         vision = self.vision_head(self.encoder.unimodal_sequence(image=image)[:, 0])
         language = self.language_head(self.encoder.unimodal_sequence(text_ids=ids, text_pad_mask=pad)[:, 0])
         same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(dim=-1)
         scale = self.logit_scale.exp().clamp(max=100.0)
-        loss, logits = multi_positive_info_nce(vision, language, scale, same)
-        hit = same.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
-        return loss, float(hit)
+        negatives, changed = None, None
+        if self.cfg.itc_negatives:
+            swapped, changed = self._swapped(self.cfg.itc_negatives, ids, torch.ones_like(same[0]))
+            negatives = self.language_head(
+                self.encoder.unimodal_sequence(text_ids=swapped[changed], text_pad_mask=pad[changed])[:, 0]
+            )
+        loss, logits = multi_positive_info_nce(vision, language, scale, same, negatives)
+        logs = {"acc_i2t": float(same.gather(1, logits[:, : same.shape[1]].argmax(1, keepdim=True)).float().mean())}
+        if changed is not None:
+            rows = changed.nonzero().squeeze(-1)
+            own = logits[rows, rows]
+            swapped_logit = logits[rows, same.shape[1] + torch.arange(rows.numel(), device=rows.device)]
+            logs["acc_neg"] = float((own > swapped_logit).float().mean()) if rows.numel() else 0.0
+        return loss, logs
 
     def masked_word_logits(self, image: Tensor, ids: Tensor, pad: Tensor, masked: Tensor) -> Tensor:
         """(n_masked, vocab): the text head at the `masked` positions of `ids` (already masked), no patch

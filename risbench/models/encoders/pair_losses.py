@@ -22,13 +22,19 @@ def symmetric_info_nce(image: Tensor, text: Tensor, scale: Tensor) -> tuple[Tens
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2, logits
 
 
-def multi_positive_info_nce(image: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
+def multi_positive_info_nce(
+    image: Tensor, text: Tensor, scale: Tensor, same: Tensor, negatives: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """CLIP's symmetric InfoNCE where `same` (B, B) bool marks the pairs that count as matching (the diagonal
-    and identical captions): each row's target spreads evenly over its matches. Returns (loss, logits)."""
-    logits = cosine_logits(image, text, scale)
+    and identical captions): each row's target spreads evenly over its matches. `negatives` (N, E), text
+    vectors that match no image (NegCLIP's hard negatives), become N more columns of the image -> text side
+    only. Returns (loss, the (B, B + N) image -> text logits)."""
+    columns = text if negatives is None else torch.cat([text, negatives])
+    logits = cosine_logits(image, columns, scale)
     target = same.float() / same.sum(dim=1, keepdim=True)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target.t())) / 2
-    return loss, logits
+    i2t = F.cross_entropy(logits, F.pad(target, (0, logits.shape[1] - target.shape[1])))
+    t2i = F.cross_entropy(logits[:, : same.shape[1]].t(), target.t())
+    return (i2t + t2i) / 2, logits
 
 
 def swap_class_words(ids: Tensor, word_ids: Tensor, meanings: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,12 +7,18 @@ pixels, and prints the test accuracy on 200 held-out scenes every 50 steps. The 
 init (`--init random`) or from the artifact (`--init artifact`); the head reads the mean of the last patch
 map (`image`), the image CLS token (`cls`) or the first text token (`text`) of the final joint sequence.
 
+`--save DIR` writes the trained encoder as an artifact-like folder (`encoder.pth` in BEiT-3's layout and the
+artifact's `tokenizer.model`), so that `encoder.weights=DIR/encoder.pth tokenizer.path=DIR/tokenizer.model`
+fine-tunes from it: an oracle encoder that was told the shapes, to ask whether fine-tuning uses shape once
+the encoder has it. bf16 autocast only where the CPU has native bf16 (`--amp`, as `train.amp`).
+
     python scripts/shape_probe.py pretrained/beit3-conv-tiny-synthref-8a03882dd2bb --init artifact --steps 500
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from risbench.data.collate import Collator
+from risbench.train.precision import autocast_context, precision_name
 from risbench.train.pretrain import _split
 from risbench.train.probe import objective_from_artifact
 
@@ -36,6 +43,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--encoder-init", default=None, help="encoder.init for random init, e.g. scratch_sincos")
+    ap.add_argument("--amp", default="bf16_if_native", choices=("off", "bf16", "bf16_if_native"))
+    ap.add_argument("--save", type=Path, default=None, help="write the trained encoder and tokenizer here")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -66,10 +75,11 @@ def main() -> None:
     params = list(head.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     test = [batch(TEST_START + TEST_BATCH * k, TEST_BATCH) for k in range(TEST_BATCHES)]
+    print(f"precision: {precision_name(torch.device('cpu'), args.amp)}", flush=True)
     started = time.time()
     for step in range(1, args.steps + 1):
         b, y = batch(BATCH * (step - 1), BATCH)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_context(torch.device("cpu"), args.amp):
             loss = F.cross_entropy(head(features(b)).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -84,6 +94,12 @@ def main() -> None:
                 f"({time.time() - started:.0f} s)",
                 flush=True,
             )
+    if args.save is not None:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for name, payload in objective.export().items():
+            torch.save(payload, args.save / name)
+        shutil.copy(args.artifact / "tokenizer.model", args.save / "tokenizer.model")
+        print(f"wrote {args.save}", flush=True)
 
 
 if __name__ == "__main__":

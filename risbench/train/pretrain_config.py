@@ -29,6 +29,7 @@ LATER_OPTION_DEFAULTS = {
         "itm_weight": 0.0,
         "itm_swap": "shape",
         "itc_negatives": "",
+        "bow_weight": 0.0,
     }
 }
 

@@ -29,6 +29,11 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
 - image-text matching (optional, `itm_weight` > 0; VLMo's ITM): a linear head on the joint sequence's CLS
   tells matching captions from negatives made by swapping one word of the data's class `itm_swap` for a word
   of another meaning (`pair_losses.swap_class_words`), half of each batch.
+- image-level bag of words (optional, `bow_weight` > 0; SuperClass, Huang et al. 2024, without its IDF
+  weights): the image alone through the vision expert, a linear head on its CLS over the vocabulary, softmax
+  cross-entropy against the caption's word ids as an evenly spread target. No word is seen: every word of
+  the caption must be found in the pixels, through the route (patches -> image CLS) that learns shape
+  fastest in the direct probe of docs/decisions.md §9.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
 `mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, and `itm_head.*`) beside
 them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
@@ -47,14 +52,15 @@ from torch import Tensor, nn
 from risbench.errors import IncompatibleError, RisbenchError, unknown_name_message
 from risbench.models.encoders.beit3 import Beit3Encoder
 from risbench.models.encoders.beit3_checkpoint import PREFIX
-from risbench.models.encoders.pair_losses import multi_positive_info_nce, swap_class_words
+from risbench.models.encoders.pair_losses import bag_of_words_loss, multi_positive_info_nce, swap_class_words
 from risbench.models.interfaces import PretrainObjective
 from risbench.registry import OBJECTIVES
 
 ENCODER_FILE = "encoder.pth"
 MIM_TARGETS = ("pixels", "hog")
 HOG_BINS, HOG_CELLS = 9, 2  # MaskFeat's 9 orientation bins; cells of half a patch a side
-HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head")  # beside the encoder in the export
+# the heads beside the encoder in the export
+HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head", "bow_head")
 
 
 @dataclass
@@ -74,12 +80,15 @@ class Beit3MdmConfig:
     itm_weight: float = 0.0  # weight of image-text matching on the joint sequence (VLMo's ITM); 0 = none
     itm_swap: str = "shape"  # the data's word class whose words are swapped to make the matching negatives
     itc_negatives: str = ""  # a word class: its swapped captions join the contrast as hard negatives; "" = none
+    bow_weight: float = 0.0  # weight of the image-level bag of words (SuperClass); 0 = none
 
     def __post_init__(self) -> None:
         if self.itm_weight < 0.0:
             raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
         if self.contrastive_weight < 0.0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.bow_weight < 0.0:
+            raise ValueError(f"bow_weight must be >= 0, got {self.bow_weight}")
         if self.itc_negatives and self.contrastive_weight == 0.0:
             raise ValueError("itc_negatives adds hard negatives to the contrast: set contrastive_weight > 0")
         if not 0.0 < self.init_temperature <= 1.0:
@@ -165,8 +174,9 @@ class Beit3MaskedDataModelling(PretrainObjective):
             self.language_head = nn.Linear(dim, dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.itm_head = nn.Linear(dim, 2) if cfg.itm_weight > 0 else None
+        self.bow_head = nn.Linear(dim, encoder.vocab_size) if cfg.bow_weight > 0 else None
         self.swap_words: dict[str, tuple[Tensor, Tensor]] = {}  # class -> (word ids, meanings), bound at build
-        for head in (self.mlm_head, self.mim_head, self.vision_head, self.language_head, self.itm_head):
+        for head in (self.mlm_head, self.mim_head, self.vision_head, self.language_head, self.itm_head, self.bow_head):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 if head.bias is not None:
@@ -208,6 +218,11 @@ class Beit3MaskedDataModelling(PretrainObjective):
             matching, acc = self.matching_loss(image, ids, pad)
             logs.update(loss_itm=float(matching.detach()), acc_itm=acc)
             loss = loss + self.cfg.itm_weight * matching
+        if self.bow_head is not None:
+            logits = self.bow_head(self.encoder.unimodal_sequence(image=image)[:, 0])
+            bow = bag_of_words_loss(logits, ids, words)
+            logs["loss_bow"] = float(bow.detach())
+            loss = loss + self.cfg.bow_weight * bow
         return loss, logs
 
     def _swap_classes(self) -> list[str]:

@@ -53,3 +53,14 @@ def swap_class_words(ids: Tensor, word_ids: Tensor, meanings: Tensor, rows: Tens
     idx = changed.nonzero().squeeze(-1)
     out[idx, pos[idx]] = new_word[idx]
     return out, changed
+
+
+def bag_of_words_loss(logits: Tensor, ids: Tensor, words: Tensor) -> Tensor:
+    """SuperClass's classification loss (without IDF weights): (B, V) logits from the image alone against each
+    caption's word ids (`ids` (B, L) where `words` (B, L) is true), as a target spread evenly over the distinct
+    ids of the caption; softmax cross-entropy, the mean over the batch."""
+    vocab = logits.shape[1]
+    hot = torch.zeros(logits.shape[0], vocab + 1, device=logits.device)  # column `vocab` takes the non-words
+    hot.scatter_(1, ids.masked_fill(~words, vocab), 1.0)
+    hot = hot[:, :vocab]
+    return F.cross_entropy(logits.float(), hot / hot.sum(1, keepdim=True).clamp(min=1.0))

@@ -5,7 +5,8 @@ linear head on 6-way shape classification of 1-object SynthRef scenes (the pretr
 seed 1000), every word of the caption replaced by the mask token so that the shape can only come from the
 pixels, and prints the test accuracy on 200 held-out scenes every 50 steps. The encoder starts from random
 init (`--init random`) or from the artifact (`--init artifact`); the head reads the mean of the last patch
-map (`image`), the image CLS token (`cls`) or the first text token (`text`) of the final joint sequence.
+map (`image`) or its maximum over positions (`image_max`), the image CLS token (`cls`) or the first text
+token (`text`) of the final joint sequence.
 
 `--save DIR` writes the trained encoder as an artifact-like folder (`encoder.pth` in BEiT-3's layout and the
 artifact's `tokenizer.model`), so that `encoder.weights=DIR/encoder.pth tokenizer.path=DIR/tokenizer.model`
@@ -39,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact", type=Path, help="a finished `risbench pretrain` folder (its config and data)")
     ap.add_argument("--init", choices=("random", "artifact"), default="random")
-    ap.add_argument("--readout", choices=("image", "cls", "text"), default="image")
+    ap.add_argument("--readout", choices=("image", "image_max", "cls", "text"), default="image")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--encoder-init", default=None, help="encoder.init for random init, e.g. scratch_sincos")
@@ -66,8 +67,9 @@ def main() -> None:
 
     def features(b) -> torch.Tensor:
         ids = b["text_ids"].masked_fill(~b["text_pad_mask"], mask_id)  # no word of the caption is seen
-        if args.readout == "image":
-            return encoder(b["image"], ids, b["text_pad_mask"]).visual[-1].mean((2, 3))
+        if args.readout in ("image", "image_max"):
+            last = encoder(b["image"], ids, b["text_pad_mask"]).visual[-1]
+            return last.mean((2, 3)) if args.readout == "image" else last.amax((2, 3))
         seq = encoder.final_sequence(b["image"], ids, b["text_pad_mask"], None)
         return seq[:, 0] if args.readout == "cls" else seq[:, encoder.num_vision_tokens]
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from risbench.models.encoders.pair_losses import bag_of_words_loss
+from risbench.models.encoders.pair_losses import bag_of_words_loss, max_pooled_words_loss
 
 
 def test_target_spreads_evenly_over_the_distinct_words_of_the_caption():
@@ -91,3 +91,35 @@ def test_no_bag_of_words_keeps_the_committed_artifacts_keys():
     raw = load_pretrain_config("beit3-conv-tiny-synthref")
     raw["objective"] = {**raw["objective"], "bow_weight": 0.0}
     assert config_hash(resolve_pretrain_config(raw)[1]) == "8a03882dd2bb"
+
+
+def test_max_pooled_tags_need_one_patch_per_present_word_and_none_for_the_absent():
+    ids = torch.tensor([[0, 5, 7, 2]])
+    words = torch.tensor([[False, True, True, False]])
+    logits = torch.full((1, 3, 9), -30.0)  # 3 patches, vocab 9: nothing shown anywhere
+    # the two present words unexplained: about 30 nats each, the absent ones about 0
+    assert float(max_pooled_words_loss(logits, ids, words)) == pytest.approx(60.0, abs=1e-3)
+    logits[0, 1, 5] = logits[0, 2, 7] = 30.0  # one patch for each present word is enough
+    assert float(max_pooled_words_loss(logits, ids, words)) == pytest.approx(0.0, abs=1e-3)
+    logits[0, 0, 3] = 30.0  # one patch showing an absent word costs it
+    assert float(max_pooled_words_loss(logits, ids, words)) == pytest.approx(30.0, abs=1e-3)
+    # the gradient reaches only the patch that holds each word's maximum
+    logits = torch.zeros(1, 3, 9, requires_grad=True)
+    with torch.no_grad():
+        logits[0, 2, 5] = 1.0
+    max_pooled_words_loss(logits, ids, words).backward()
+    assert logits.grad[0, :, 5].nonzero().flatten().tolist() == [2]
+
+
+def test_max_pooled_bag_of_words_trains_from_the_patches(tmp_path, monkeypatch):
+    from risbench.models.encoders.beit3_pretrain import Beit3MdmConfig
+    from risbench.train.pretrain import pretrain
+
+    monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
+    raw = _raw(tmp_path)
+    raw["objective"]["bow_pool"] = "max"
+    art = pretrain(raw, tmp_path / "art", quiet=True)
+    last = art.provenance.loss_curve[-1]
+    assert last["loss"] == pytest.approx(last["loss_mlm"] + 0.5 * last["loss_bow"], rel=1e-4)
+    with pytest.raises(ValueError, match="cls, max"):
+        Beit3MdmConfig(bow_weight=1.0, bow_pool="mean")

@@ -30,6 +30,7 @@ LATER_OPTION_DEFAULTS = {
         "itm_swap": "shape",
         "itc_negatives": "",
         "bow_weight": 0.0,
+        "bow_pool": "cls",
     }
 }
 

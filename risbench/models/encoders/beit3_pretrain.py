@@ -33,7 +33,9 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   weights): the image alone through the vision expert, a linear head on its CLS over the vocabulary, softmax
   cross-entropy against the caption's word ids as an evenly spread target. No word is seen: every word of
   the caption must be found in the pixels, through the route (patches -> image CLS) that learns shape
-  fastest in the direct probe of docs/decisions.md §9.
+  fastest in the direct probe of docs/decisions.md §9. `bow_pool: max` tags each patch instead and
+  max-pools the logits over the patches (multiple-instance learning, Oquab et al. 2015), with binary
+  cross-entropy per word: the gradient reaches the patches that show a word, not the background.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
 `mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, and `itm_head.*`) beside
 them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
@@ -52,12 +54,18 @@ from torch import Tensor, nn
 from risbench.errors import IncompatibleError, RisbenchError, unknown_name_message
 from risbench.models.encoders.beit3 import Beit3Encoder
 from risbench.models.encoders.beit3_checkpoint import PREFIX
-from risbench.models.encoders.pair_losses import bag_of_words_loss, multi_positive_info_nce, swap_class_words
+from risbench.models.encoders.pair_losses import (
+    bag_of_words_loss,
+    max_pooled_words_loss,
+    multi_positive_info_nce,
+    swap_class_words,
+)
 from risbench.models.interfaces import PretrainObjective
 from risbench.registry import OBJECTIVES
 
 ENCODER_FILE = "encoder.pth"
 MIM_TARGETS = ("pixels", "hog")
+BOW_POOLS = ("cls", "max")
 HOG_BINS, HOG_CELLS = 9, 2  # MaskFeat's 9 orientation bins; cells of half a patch a side
 # the heads beside the encoder in the export
 HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head", "bow_head")
@@ -81,12 +89,15 @@ class Beit3MdmConfig:
     itm_swap: str = "shape"  # the data's word class whose words are swapped to make the matching negatives
     itc_negatives: str = ""  # a word class: its swapped captions join the contrast as hard negatives; "" = none
     bow_weight: float = 0.0  # weight of the image-level bag of words (SuperClass); 0 = none
+    bow_pool: str = "cls"  # cls (SuperClass: the image CLS, softmax) | max (patch tags max-pooled, BCE)
 
     def __post_init__(self) -> None:
         if self.itm_weight < 0.0:
             raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
         if self.contrastive_weight < 0.0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.bow_pool not in BOW_POOLS:
+            raise ValueError(unknown_name_message("bow_pool", self.bow_pool, BOW_POOLS))
         if self.bow_weight < 0.0:
             raise ValueError(f"bow_weight must be >= 0, got {self.bow_weight}")
         if self.itc_negatives and self.contrastive_weight == 0.0:
@@ -219,8 +230,11 @@ class Beit3MaskedDataModelling(PretrainObjective):
             logs.update(loss_itm=float(matching.detach()), acc_itm=acc)
             loss = loss + self.cfg.itm_weight * matching
         if self.bow_head is not None:
-            logits = self.bow_head(self.encoder.unimodal_sequence(image=image)[:, 0])
-            bow = bag_of_words_loss(logits, ids, words)
+            alone = self.encoder.unimodal_sequence(image=image)
+            if self.cfg.bow_pool == "max":
+                bow = max_pooled_words_loss(self.bow_head(alone[:, 1:]), ids, words)
+            else:
+                bow = bag_of_words_loss(self.bow_head(alone[:, 0]), ids, words)
             logs["loss_bow"] = float(bow.detach())
             loss = loss + self.cfg.bow_weight * bow
         return loss, logs

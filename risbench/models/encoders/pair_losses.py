@@ -55,12 +55,25 @@ def swap_class_words(ids: Tensor, word_ids: Tensor, meanings: Tensor, rows: Tens
     return out, changed
 
 
+def word_multi_hot(ids: Tensor, words: Tensor, vocab: int) -> Tensor:
+    """(B, vocab) float: 1 where the id is one of the caption's words (`ids` (B, L) where `words` (B, L))."""
+    hot = torch.zeros(ids.shape[0], vocab + 1, device=ids.device)  # column `vocab` takes the non-words
+    hot.scatter_(1, ids.masked_fill(~words, vocab), 1.0)
+    return hot[:, :vocab]
+
+
 def bag_of_words_loss(logits: Tensor, ids: Tensor, words: Tensor) -> Tensor:
     """SuperClass's classification loss (without IDF weights): (B, V) logits from the image alone against each
     caption's word ids (`ids` (B, L) where `words` (B, L) is true), as a target spread evenly over the distinct
     ids of the caption; softmax cross-entropy, the mean over the batch."""
-    vocab = logits.shape[1]
-    hot = torch.zeros(logits.shape[0], vocab + 1, device=logits.device)  # column `vocab` takes the non-words
-    hot.scatter_(1, ids.masked_fill(~words, vocab), 1.0)
-    hot = hot[:, :vocab]
+    hot = word_multi_hot(ids, words, logits.shape[1])
     return F.cross_entropy(logits.float(), hot / hot.sum(1, keepdim=True).clamp(min=1.0))
+
+
+def max_pooled_words_loss(logits: Tensor, ids: Tensor, words: Tensor) -> Tensor:
+    """Multiple-instance word tagging (global max pooling, Oquab et al. 2015): (B, N, V) logits of N patches,
+    max-pooled over the patches, against each caption's words as independent labels; binary cross-entropy
+    summed over the vocabulary, the mean over the batch. A word is present when one patch shows it."""
+    pooled = logits.float().amax(dim=1)
+    hot = word_multi_hot(ids, words, pooled.shape[1])
+    return F.binary_cross_entropy_with_logits(pooled, hot, reduction="sum") / pooled.shape[0]

@@ -72,8 +72,8 @@ def main() -> None:
             with torch.no_grad():
                 hits = sum(int((net(tx).argmax(1) == ty).sum()) for tx, ty in test)
             acc = 100.0 * hits / (TEST_BATCH * TEST_BATCHES)
-            took = time.time() - started
-            print(f"{args.pool} pool step {step} loss {float(loss):.3f} test acc {acc:.1f} ({took:.0f} s)", flush=True)
+            took, value = time.time() - started, float(loss.detach())
+            print(f"{args.pool} pool step {step} loss {value:.3f} test acc {acc:.1f} ({took:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

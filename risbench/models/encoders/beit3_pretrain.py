@@ -37,7 +37,7 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   max-pools the logits over the patches (multiple-instance learning, Oquab et al. 2015), with binary
   cross-entropy per word: the gradient reaches the patches that show a word, not the background.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
-`mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, and `itm_head.*`) beside
+`mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, `itm_head.*`, `bow_head.*`) beside
 them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
 """
 
@@ -221,8 +221,11 @@ class Beit3MaskedDataModelling(PretrainObjective):
             image_loss = F.mse_loss(pred, image_target[patch_mask])
             logs["loss_mim"] = float(image_loss.detach())
             loss = loss + self.cfg.image_loss_weight * image_loss
+        alone = None  # the image alone through the vision expert, shared by the contrast and the bag of words
+        if self.vision_head is not None or self.bow_head is not None:
+            alone = self.encoder.unimodal_sequence(image=image)
         if self.vision_head is not None:
-            contrast, acc = self.contrastive_loss(image, ids, pad)
+            contrast, acc = self.contrastive_loss(alone, ids, pad)
             logs.update(loss_itc=float(contrast.detach()), **acc)
             loss = loss + self.cfg.contrastive_weight * contrast
         if self.itm_head is not None:
@@ -230,7 +233,6 @@ class Beit3MaskedDataModelling(PretrainObjective):
             logs.update(loss_itm=float(matching.detach()), acc_itm=acc)
             loss = loss + self.cfg.itm_weight * matching
         if self.bow_head is not None:
-            alone = self.encoder.unimodal_sequence(image=image)
             if self.cfg.bow_pool == "max":
                 bow = max_pooled_words_loss(self.bow_head(alone[:, 1:]), ids, words)
             else:
@@ -275,10 +277,11 @@ class Beit3MaskedDataModelling(PretrainObjective):
         target = (~changed).long()  # 1 = the caption matches the image
         return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
 
-    def contrastive_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """(the image-text contrast of the batch, {acc_i2t: the share of images whose best caption is a match,
+    def contrastive_loss(self, alone: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """For the image-alone sequence `alone` (`Beit3Encoder.unimodal_sequence`): (the image-text contrast of
+        the batch, {acc_i2t: the share of images whose best caption is a match,
         and with `itc_negatives` acc_neg: the share whose own caption beats its swapped one})."""
-        vision = self.vision_head(self.encoder.unimodal_sequence(image=image)[:, 0])
+        vision = self.vision_head(alone[:, 0])
         language = self.language_head(self.encoder.unimodal_sequence(text_ids=ids, text_pad_mask=pad)[:, 0])
         same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(dim=-1)
         scale = self.logit_scale.exp().clamp(max=100.0)

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from shape_probe import TEST_BATCH, TEST_BATCHES, TEST_START, one_object_batches  # this folder's script
 from torch import nn
 
-from risbench.data.collate import Collator
 from risbench.data.synthref_scene import SHAPES
-from risbench.train.pretrain import _split
 from risbench.train.probe import objective_from_artifact
 
-TEST_START, TEST_BATCHES, BATCH, TEST_BATCH = 15000, 4, 32, 50
+BATCH = 32
 
 
 def cnn(pool: str) -> nn.Sequential:
@@ -47,14 +46,11 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     objective, tokenizer, cfg, resolved = objective_from_artifact(args.artifact, weights=False)
-    data = {**resolved["data"], "text": "objects", "min_objects": 1, "max_objects": 1, "refs_per_scene": 1}
-    dataset = _split({**resolved, "data": data}, objective.encoder, "train", cfg.seed)
-    collate = Collator(tokenizer, cfg.tokenizer.max_len)
+    scenes = one_object_batches(objective, tokenizer, cfg, resolved)
 
     def batch(start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [dataset[i] for i in range(start, start + n)]
-        labels = [next(SHAPES.index(w) for w in it["text"].split() if w in SHAPES) for it in items]
-        return collate(items)["image"], torch.tensor(labels)
+        collated, labels = scenes(start, n)
+        return collated["image"], labels
 
     net = cnn(args.pool)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)

@@ -27,12 +27,27 @@ import torch
 import torch.nn.functional as F
 
 from risbench.data.collate import Collator
+from risbench.data.synthref_scene import SHAPES
 from risbench.train.precision import autocast_context, precision_name
 from risbench.train.pretrain import _split
 from risbench.train.probe import objective_from_artifact
 
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 TEST_START, TEST_BATCHES, BATCH, TEST_BATCH = 15000, 4, 32, 50
+
+
+def one_object_batches(objective, tokenizer, cfg, resolved):
+    """batch(start, n) -> (collated batch, shape labels) of 1-object scenes of the artifact's pretraining data
+    (train split), one object named in full; also used by cnn_shape_probe.py."""
+    data = {**resolved["data"], "text": "objects", "min_objects": 1, "max_objects": 1, "refs_per_scene": 1}
+    dataset = _split({**resolved, "data": data}, objective.encoder, "train", cfg.seed)
+    collate = Collator(tokenizer, cfg.tokenizer.max_len)
+
+    def batch(start: int, n: int) -> tuple[dict, torch.Tensor]:
+        items = [dataset[i] for i in range(start, start + n)]
+        labels = [next(SHAPES.index(w) for w in it["text"].split() if w in SHAPES) for it in items]
+        return collate(items), torch.tensor(labels)
+
+    return batch
 
 
 def main() -> None:
@@ -55,15 +70,8 @@ def main() -> None:
         args.artifact, weights=args.init == "artifact", encoder=encoder_options
     )
     encoder = objective.encoder
-    data = {**resolved["data"], "text": "objects", "min_objects": 1, "max_objects": 1, "refs_per_scene": 1}
-    dataset = _split({**resolved, "data": data}, encoder, "train", cfg.seed)
-    collate = Collator(tokenizer, cfg.tokenizer.max_len)
+    batch = one_object_batches(objective, tokenizer, cfg, resolved)
     mask_id = int(tokenizer.mask_id)
-
-    def batch(start: int, n: int):
-        items = [dataset[i] for i in range(start, start + n)]
-        labels = [next(SHAPES.index(w) for w in it["text"].split() if w in SHAPES) for it in items]
-        return collate(items), torch.tensor(labels)
 
     def features(b) -> torch.Tensor:
         ids = b["text_ids"].masked_fill(~b["text_pad_mask"], mask_id)  # no word of the caption is seen

@@ -241,19 +241,18 @@ class Beit3MaskedDataModelling(PretrainObjective):
             loss = loss + self.cfg.bow_weight * bow
         return loss, logs
 
-    def _swap_classes(self) -> list[str]:
-        """The word classes whose words some term swaps (matching's `itm_swap`, the contrast's negatives)."""
-        names = [self.cfg.itm_swap] if self.itm_head is not None else []
-        return names + [self.cfg.itc_negatives] if self.cfg.itc_negatives else names
+    def _swap_options(self) -> dict[str, str]:
+        """{option: word class} of the terms that swap words (matching's `itm_swap`, the contrast's negatives)."""
+        options = {"itm_swap": self.cfg.itm_swap} if self.itm_head is not None else {}
+        return options | ({"itc_negatives": self.cfg.itc_negatives} if self.cfg.itc_negatives else {})
 
     def bind_word_classes(self, classes: dict[str, dict[int, int]], data: str) -> None:
         """Take the data's word classes ({class: {token id: meaning}}, `risbench.data.words.class_ids`) that
         image-text matching (`itm_swap`) and the contrast's hard negatives (`itc_negatives`) swap."""
-        for name in self._swap_classes():
+        for option, name in self._swap_options().items():
             words = classes.get(name, {})
             if len(set(words.values())) < 2:
                 known = ", ".join(sorted(classes)) or "none"
-                option = "itm_swap" if name == self.cfg.itm_swap and self.itm_head is not None else "itc_negatives"
                 raise IncompatibleError(
                     f"incompatible components: objective 'beit3_mdm' swaps words of class '{name}' "
                     f"(objective.{option}), but the data '{data}' names word classes: {known}"

@@ -71,7 +71,7 @@ def test_pretrain_with_matching_logs_it_and_exports_its_head(tmp_path, monkeypat
 
     objective = objective_from_artifact(art.directory)[0]
     assert torch.equal(objective.itm_head.weight, sd["itm_head.weight"])
-    assert len(set(objective.swap_words["shape"][1].tolist())) == 6  # the 6 shapes
+    assert len(set(objective.class_words["shape"][1].tolist())) == 6  # the 6 shapes
 
 
 def test_matching_on_a_class_the_data_does_not_name_is_refused(tmp_path, monkeypatch):

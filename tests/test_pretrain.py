@@ -45,7 +45,7 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 def test_choose_masked_counts_and_candidates():
-    from risbench.models.encoders.beit3_pretrain import choose_masked
+    from risbench.models.encoders.masking import choose_masked
 
     torch.manual_seed(0)
     cand = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
@@ -55,7 +55,7 @@ def test_choose_masked_counts_and_candidates():
 
 
 def test_patchify_matches_token_order():
-    from risbench.models.encoders.beit3_pretrain import patchify
+    from risbench.models.encoders.masking import patchify
 
     image = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     patches = patchify(image, 2)
@@ -288,7 +288,7 @@ def test_provenance_is_json_serialisable_and_names_its_command(tmp_path):
 def test_hog_targets_measure_outlines_by_orientation():
     """MaskFeat's target: a flat image has none, a vertical edge puts its magnitude in the first orientation bin
     of the cells it crosses, and the layout follows the patch order of `patchify`."""
-    from risbench.models.encoders.beit3_pretrain import HOG_BINS, HOG_CELLS, hog_targets
+    from risbench.models.encoders.masking import HOG_BINS, HOG_CELLS, hog_targets
 
     flat = torch.full((1, 3, 16, 16), 0.7)
     assert hog_targets(flat, 8).abs().max() == 0

@@ -31,6 +31,8 @@ LATER_OPTION_DEFAULTS = {
         "itc_negatives": "",
         "bow_weight": 0.0,
         "bow_pool": "cls",
+        "tag_weight": 0.0,
+        "tag_classes": [],
     }
 }
 

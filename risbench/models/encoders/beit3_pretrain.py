@@ -36,6 +36,11 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   fastest in the direct probe of docs/decisions.md §9. `bow_pool: max` tags each patch instead and
   max-pools the logits over the patches (multiple-instance learning, Oquab et al. 2015), with binary
   cross-entropy per word: the gradient reaches the patches that show a word, not the background.
+- attribute tags (optional, `tag_weight` > 0 with `tag_classes`, e.g. [shape]): the image alone through the
+  vision expert, its final patch tokens max-pooled over the image, a linear head over the vocabulary, and per
+  word class a softmax over the class's meanings (the logsumexp of each meaning's words' logits) against the
+  meanings the caption names (`pair_losses.class_tag_loss`). The signal of the direct shape probe that
+  learned shape in 200 steps (docs/decisions.md §9), with the labels read from the caption, not the scene.
 The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
 `mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, `itm_head.*`, `bow_head.*`) beside
 them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
@@ -54,8 +59,10 @@ from torch import Tensor, nn
 from risbench.errors import IncompatibleError, RisbenchError, unknown_name_message
 from risbench.models.encoders.beit3 import Beit3Encoder
 from risbench.models.encoders.beit3_checkpoint import PREFIX
+from risbench.models.encoders.masking import HOG_BINS, HOG_CELLS, blank_patches, choose_masked, hog_targets, patchify
 from risbench.models.encoders.pair_losses import (
     bag_of_words_loss,
+    class_tag_loss,
     max_pooled_words_loss,
     multi_positive_info_nce,
     swap_class_words,
@@ -66,9 +73,8 @@ from risbench.registry import OBJECTIVES
 ENCODER_FILE = "encoder.pth"
 MIM_TARGETS = ("pixels", "hog")
 BOW_POOLS = ("cls", "max")
-HOG_BINS, HOG_CELLS = 9, 2  # MaskFeat's 9 orientation bins; cells of half a patch a side
 # the heads beside the encoder in the export
-HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head", "bow_head")
+HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head", "bow_head", "tag_head")
 
 
 @dataclass
@@ -90,6 +96,8 @@ class Beit3MdmConfig:
     itc_negatives: str = ""  # a word class: its swapped captions join the contrast as hard negatives; "" = none
     bow_weight: float = 0.0  # weight of the image-level bag of words (SuperClass); 0 = none
     bow_pool: str = "cls"  # cls (SuperClass: the image CLS, softmax) | max (patch tags max-pooled, BCE)
+    tag_weight: float = 0.0  # weight of the attribute tags of `tag_classes` from max-pooled patches; 0 = none
+    tag_classes: tuple[str, ...] = ()  # word classes of the data the tags predict, e.g. (shape, colour)
 
     def __post_init__(self) -> None:
         if self.itm_weight < 0.0:
@@ -100,6 +108,10 @@ class Beit3MdmConfig:
             raise ValueError(unknown_name_message("bow_pool", self.bow_pool, BOW_POOLS))
         if self.bow_weight < 0.0:
             raise ValueError(f"bow_weight must be >= 0, got {self.bow_weight}")
+        if self.tag_weight < 0.0:
+            raise ValueError(f"tag_weight must be >= 0, got {self.tag_weight}")
+        if self.tag_weight > 0.0 and not self.tag_classes:
+            raise ValueError("tag_weight > 0 predicts the words of tag_classes: name at least one, e.g. [shape]")
         if self.itc_negatives and self.contrastive_weight == 0.0:
             raise ValueError("itc_negatives adds hard negatives to the contrast: set contrastive_weight > 0")
         if not 0.0 < self.init_temperature <= 1.0:
@@ -110,50 +122,6 @@ class Beit3MdmConfig:
             raise ValueError(unknown_name_message("mim_target", self.mim_target, MIM_TARGETS))
         if not 0.0 <= self.image_mask_ratio < 1.0:
             raise ValueError(f"image_mask_ratio must be in [0, 1), got {self.image_mask_ratio}")
-
-
-def choose_masked(candidates: Tensor, ratio: float) -> Tensor:
-    """(B, N) bool: round(ratio * count) of each row's True positions (at least one where a row has any),
-    chosen uniformly with torch's global generator."""
-    scores = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, 2.0)
-    count = candidates.sum(dim=1, keepdim=True)
-    k = (count.float() * ratio).round().long().clamp(min=1).minimum(count)
-    rank = scores.argsort(dim=1).argsort(dim=1)
-    return (rank < k) & candidates
-
-
-def patchify(image: Tensor, patch: int) -> Tensor:
-    """(B, 3, S, S) -> (B, n, 3 * patch * patch), patches in row-major order (the encoder's token order)."""
-    b, c, h, w = image.shape
-    x = image.reshape(b, c, h // patch, patch, w // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
-
-
-def hog_targets(image: Tensor, patch: int) -> Tensor:
-    """(B, 3, S, S) -> (B, n, 3 * HOG_BINS * HOG_CELLS**2): per patch (row-major, the encoder's order), per
-    channel and cell, the gradient magnitudes summed by unsigned orientation bin (central differences)."""
-    b, c, h, w = image.shape
-    x = F.pad(image.float(), (1, 1, 1, 1), mode="replicate")
-    gx = x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]
-    gy = x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]
-    magnitude = torch.sqrt(gx * gx + gy * gy)
-    angle = torch.atan2(gy, gx) % math.pi  # unsigned: [0, pi)
-    bins = (angle / math.pi * HOG_BINS).long().clamp(max=HOG_BINS - 1)
-    hist = torch.zeros(b, c, HOG_BINS, h, w, device=image.device).scatter_(2, bins[:, :, None], magnitude[:, :, None])
-    cell = patch // HOG_CELLS
-    hist = hist.reshape(b, c, HOG_BINS, h // cell, cell, w // cell, cell).sum((4, 6))  # (B, C, bins, H/cell, W/cell)
-    g = h // patch
-    hist = hist.reshape(b, c, HOG_BINS, g, HOG_CELLS, g, HOG_CELLS).permute(0, 3, 5, 1, 2, 4, 6)
-    return hist.reshape(b, g * g, c * HOG_BINS * HOG_CELLS**2)
-
-
-def blank_patches(image: Tensor, patch_mask: Tensor, patch: int) -> Tensor:
-    """`image` with the pixels of the masked patches set to 0. The patch stem's tokens of those patches are
-    replaced by the mask token anyway (so this changes nothing there); a convolutional stem's receptive field
-    crosses patch borders, and without it the neighbours' tokens would see the pixels to be predicted."""
-    b, _, h, w = image.shape
-    grid = (~patch_mask).to(image.dtype).reshape(b, 1, h // patch, w // patch)
-    return image * grid.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
 @OBJECTIVES.register("beit3_mdm", config=Beit3MdmConfig)
@@ -186,8 +154,10 @@ class Beit3MaskedDataModelling(PretrainObjective):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.itm_head = nn.Linear(dim, 2) if cfg.itm_weight > 0 else None
         self.bow_head = nn.Linear(dim, encoder.vocab_size) if cfg.bow_weight > 0 else None
-        self.swap_words: dict[str, tuple[Tensor, Tensor]] = {}  # class -> (word ids, meanings), bound at build
-        for head in (self.mlm_head, self.mim_head, self.vision_head, self.language_head, self.itm_head, self.bow_head):
+        self.tag_head = nn.Linear(dim, encoder.vocab_size) if cfg.tag_weight > 0 else None
+        self.class_words: dict[str, tuple[Tensor, Tensor]] = {}  # class -> (word ids, meanings), bound at build
+        for name in HEADS:
+            head = getattr(self, name)
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 if head.bias is not None:
@@ -222,7 +192,7 @@ class Beit3MaskedDataModelling(PretrainObjective):
             logs["loss_mim"] = float(image_loss.detach())
             loss = loss + self.cfg.image_loss_weight * image_loss
         alone = None  # the image alone through the vision expert, shared by the contrast and the bag of words
-        if self.vision_head is not None or self.bow_head is not None:
+        if self.vision_head is not None or self.bow_head is not None or self.tag_head is not None:
             alone = self.encoder.unimodal_sequence(image=image)
         if self.vision_head is not None:
             contrast, acc = self.contrastive_loss(alone, ids, pad)
@@ -239,17 +209,24 @@ class Beit3MaskedDataModelling(PretrainObjective):
                 bow = bag_of_words_loss(self.bow_head(alone[:, 0]), ids, words)
             logs["loss_bow"] = float(bow.detach())
             loss = loss + self.cfg.bow_weight * bow
+        if self.tag_head is not None:
+            tags, acc = self.tag_loss(alone, ids, words)
+            logs.update(loss_tag=float(tags.detach()), **acc)
+            loss = loss + self.cfg.tag_weight * tags
         return loss, logs
 
-    def _swap_options(self) -> dict[str, str]:
-        """{option: word class} of the terms that swap words (matching's `itm_swap`, the contrast's negatives)."""
-        options = {"itm_swap": self.cfg.itm_swap} if self.itm_head is not None else {}
-        return options | ({"itc_negatives": self.cfg.itc_negatives} if self.cfg.itc_negatives else {})
+    def _class_options(self) -> list[tuple[str, str]]:
+        """(option, word class) of the terms that need a class's words: matching's `itm_swap`, the contrast's
+        negatives, the attribute tags."""
+        options = [("itm_swap", self.cfg.itm_swap)] if self.itm_head is not None else []
+        options += [("itc_negatives", self.cfg.itc_negatives)] if self.cfg.itc_negatives else []
+        return options + ([("tag_classes", c) for c in self.cfg.tag_classes] if self.tag_head is not None else [])
 
     def bind_word_classes(self, classes: dict[str, dict[int, int]], data: str) -> None:
         """Take the data's word classes ({class: {token id: meaning}}, `risbench.data.words.class_ids`) that
-        image-text matching (`itm_swap`) and the contrast's hard negatives (`itc_negatives`) swap."""
-        for option, name in self._swap_options().items():
+        image-text matching (`itm_swap`) and the contrast's hard negatives (`itc_negatives`) swap and the
+        attribute tags (`tag_classes`) predict."""
+        for option, name in self._class_options():
             words = classes.get(name, {})
             if len(set(words.values())) < 2:
                 known = ", ".join(sorted(classes)) or "none"
@@ -257,14 +234,30 @@ class Beit3MaskedDataModelling(PretrainObjective):
                     f"incompatible components: objective 'beit3_mdm' swaps words of class '{name}' "
                     f"(objective.{option}), but the data '{data}' names word classes: {known}"
                 )
-            self.swap_words[name] = (torch.tensor(list(words)), torch.tensor(list(words.values())))
+            self.class_words[name] = (torch.tensor(list(words)), torch.tensor(list(words.values())))
+
+    def _class_words(self, name: str) -> tuple[Tensor, Tensor]:
+        """(word ids, meanings) of the bound class `name`."""
+        if name not in self.class_words:
+            raise RisbenchError(f"objective beit3_mdm: the words of class '{name}' need bind_word_classes() first")
+        return self.class_words[name]
 
     def _swapped(self, name: str, ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         """`swap_class_words` with the bound words of class `name`."""
-        if name not in self.swap_words:
-            raise RisbenchError(f"objective beit3_mdm: swapping '{name}' words needs bind_word_classes() first")
-        word_ids, meanings = (t.to(ids.device) for t in self.swap_words[name])
+        word_ids, meanings = (t.to(ids.device) for t in self._class_words(name))
         return swap_class_words(ids, word_ids, meanings, rows)
+
+    def tag_loss(self, alone: Tensor, ids: Tensor, words: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """(the attribute tags' loss, the mean over `tag_classes`; {acc_tag_<class>: the share of captions
+        naming the class whose top meaning is one they name}) from the image-alone sequence `alone`."""
+        logits = self.tag_head(alone[:, 1:].amax(dim=1))
+        losses, logs = [], {}
+        for name in self.cfg.tag_classes:
+            word_ids, meanings = (t.to(ids.device) for t in self._class_words(name))
+            loss, acc = class_tag_loss(logits, ids, words, word_ids, meanings)
+            losses.append(loss)
+            logs[f"acc_tag_{name}"] = acc
+        return torch.stack(losses).mean(), logs
 
     def matching_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
         """(image-text matching on the joint CLS, its accuracy): half of the captions, drawn at random, get

@@ -1,6 +1,7 @@
 """Image-text pair terms shared by pretraining objectives: CLIP's contrast (one positive or several), and matching
 negatives made by swapping one word of a class for a word of another meaning (NegCLIP's caption
-perturbations, Yuksekgonul et al. 2023, with the data's word classes instead of a parser)."""
+perturbations, Yuksekgonul et al. 2023, with the data's word classes instead of a parser), and image-level word
+targets: SuperClass's bag of words, multiple-instance tags, one class's tags."""
 
 from __future__ import annotations
 
@@ -77,3 +78,24 @@ def max_pooled_words_loss(logits: Tensor, ids: Tensor, words: Tensor) -> Tensor:
     pooled = logits.float().amax(dim=1)
     hot = word_multi_hot(ids, words, pooled.shape[1])
     return F.binary_cross_entropy_with_logits(pooled, hot, reduction="sum") / pooled.shape[0]
+
+
+def class_tag_loss(
+    logits: Tensor, ids: Tensor, words: Tensor, word_ids: Tensor, meanings: Tensor
+) -> tuple[Tensor, float]:
+    """Tagging one word class from the image: (B, V) logits over the vocabulary, each of the class's meanings
+    scored by the logsumexp of its words' logits (`word_ids` (C,) with their `meanings` (C,)), softmax
+    cross-entropy against the meanings the caption names (`ids` (B, L) where `words` (B, L)), spread evenly.
+    Captions naming no word of the class are left out. Returns (the mean loss, 0 when no caption names the
+    class; the share of those captions whose top meaning is one they name)."""
+    kept, index = torch.unique(meanings, return_inverse=True)  # meanings the tokenizer split away have no words
+    member = F.one_hot(index, kept.numel()).T.bool()  # (M, C): the words of each meaning
+    scores = logits.float()[:, word_ids].unsqueeze(1).masked_fill(~member, float("-inf")).logsumexp(-1)  # (B, M)
+    named = ((ids.unsqueeze(-1) == word_ids) & words.unsqueeze(-1)).any(1)  # (B, C)
+    target = (named.float() @ member.T.float()).clamp(max=1.0)  # (B, M)
+    rows = target.sum(1) > 0
+    if not rows.any():
+        return logits.sum() * 0.0, 0.0
+    target, scores = target[rows], scores[rows]
+    loss = F.cross_entropy(scores, target / target.sum(1, keepdim=True))
+    return loss, float(target.gather(1, scores.argmax(1, keepdim=True)).mean())

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from risbench.errors import IncompatibleError, RisbenchError
-from risbench.models.encoders.beit3_pretrain import choose_masked, patchify
+from risbench.models.encoders.masking import choose_masked, patchify
 from risbench.models.encoders.swin_bert import SwinBertEncoder
 from risbench.models.encoders.swin_convert import to_official_swin_state_dict
 from risbench.models.interfaces import PretrainObjective

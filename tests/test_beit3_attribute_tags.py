@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from mdm_configs import tiny_mdm_raw
 
 from risbench.models.encoders.pair_losses import class_tag_loss
 
@@ -41,16 +42,8 @@ def test_a_batch_without_the_class_costs_nothing_and_keeps_the_graph():
 
 
 def _raw(tmp_path, **objective) -> dict:
-    encoder = {"image_size": 32, "embed_dim": 32, "num_heads": 2, "depth": 2, "out_indices": [1, 2]}
-    data = {"name": "synthref", "num_train": 8, "num_val": 2, "num_test": 2, "image_size": 40, "seed": 1000}
-    return {
-        "name": "tiny-tags",
-        "model": {"preset": "shared-ris-tiny", "encoder": encoder},
-        "data": {**data, "text": "captions"},
-        "objective": {"name": "beit3_mdm", "tag_weight": 0.5, "tag_classes": ["shape", "colour"], **objective},
-        "tokenizer": {"max_len": 24, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "log_every": 1, "threads": 1},
-    }
+    tags = {"tag_weight": 0.5, "tag_classes": ["shape", "colour"]}
+    return tiny_mdm_raw(tmp_path, "tiny-tags", {**tags, **objective})
 
 
 def test_pretrain_with_tags_logs_them_and_exports_the_head(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from mdm_configs import tiny_mdm_raw
 
 from risbench.models.encoders.pair_losses import bag_of_words_loss, max_pooled_words_loss
 
@@ -34,16 +35,7 @@ def test_a_word_at_id_zero_is_a_word_and_special_tokens_are_not():
 
 
 def _raw(tmp_path) -> dict:
-    encoder = {"image_size": 32, "embed_dim": 32, "num_heads": 2, "depth": 2, "out_indices": [1, 2]}
-    data = {"name": "synthref", "num_train": 8, "num_val": 2, "num_test": 2, "image_size": 40, "seed": 1000}
-    return {
-        "name": "tiny-bow",
-        "model": {"preset": "shared-ris-tiny", "encoder": encoder},
-        "data": {**data, "text": "captions"},
-        "objective": {"name": "beit3_mdm", "bow_weight": 0.5},
-        "tokenizer": {"max_len": 24, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "log_every": 1, "threads": 1},
-    }
+    return tiny_mdm_raw(tmp_path, "tiny-bow", {"bow_weight": 0.5})
 
 
 def test_pretrain_with_bag_of_words_logs_it_and_exports_its_head(tmp_path, monkeypatch):

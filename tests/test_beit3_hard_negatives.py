@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mdm_configs import tiny_mdm_raw
 
 from risbench.errors import IncompatibleError, RisbenchError
 from risbench.models.encoders.pair_losses import multi_positive_info_nce
@@ -29,16 +30,9 @@ def test_negatives_are_extra_image_to_text_columns_only():
 
 
 def _raw(tmp_path, **objective) -> dict:
-    encoder = {"image_size": 32, "embed_dim": 32, "num_heads": 2, "depth": 2, "out_indices": [1, 2]}
-    data = {"name": "synthref", "num_train": 8, "num_val": 2, "num_test": 2, "image_size": 40, "seed": 1000}
-    return {
-        "name": "tiny-negclip",
-        "model": {"preset": "shared-ris-tiny", "encoder": encoder},
-        "data": {**data, "text": "objects", "min_objects": 1, "max_objects": 2, "refs_per_scene": 1},
-        "objective": {"name": "beit3_mdm", "contrastive_weight": 0.5, "itc_negatives": "shape", **objective},
-        "tokenizer": {"max_len": 16, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "log_every": 1, "threads": 1},
-    }
+    negatives = {"contrastive_weight": 0.5, "itc_negatives": "shape"}
+    data = {"text": "objects", "min_objects": 1, "max_objects": 2, "refs_per_scene": 1}
+    return tiny_mdm_raw(tmp_path, "tiny-negclip", {**negatives, **objective}, data, max_len=16)
 
 
 def test_pretrain_with_hard_negatives_logs_how_often_the_own_caption_wins(tmp_path, monkeypatch):

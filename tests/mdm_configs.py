@@ -17,3 +17,15 @@ def tiny_mdm_raw(tmp_path: Path, name: str, objective: dict, data: dict | None =
         "tokenizer": {"max_len": max_len, "vocab_size": 200, "cache_dir": str(tmp_path / "tok")},
         "train": {"max_steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "log_every": 1, "threads": 1},
     }
+
+
+def check_exported_head(artifact, head: str, width: int) -> None:
+    """The artifact's export holds `head` as a (vocab, width) linear layer, and loading the artifact restores it."""
+    import torch
+
+    from risbench.train.probe import objective_from_artifact
+
+    sd = torch.load(artifact.encoder_options["weights"], weights_only=True)["model"]
+    assert sd[f"{head}.weight"].shape == (sd["mlm_head.weight"].shape[0], width)
+    objective = objective_from_artifact(artifact.directory)[0]
+    assert torch.equal(getattr(objective, head).weight, sd[f"{head}.weight"])

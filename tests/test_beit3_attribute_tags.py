@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from mdm_configs import tiny_mdm_raw
+from mdm_configs import check_exported_head, tiny_mdm_raw
 
 from risbench.models.encoders.pair_losses import class_tag_loss
 
@@ -48,17 +48,13 @@ def _raw(tmp_path, **objective) -> dict:
 
 def test_pretrain_with_tags_logs_them_and_exports_the_head(tmp_path, monkeypatch):
     from risbench.train.pretrain import pretrain
-    from risbench.train.probe import objective_from_artifact
 
     monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
     art = pretrain(_raw(tmp_path), tmp_path / "art", quiet=True)
     last = art.provenance.loss_curve[-1]
     assert last["loss"] == pytest.approx(last["loss_mlm"] + 0.5 * last["loss_tag"], rel=1e-4)
     assert {"acc_tag_shape", "acc_tag_colour"} <= set(last)
-    sd = torch.load(art.encoder_options["weights"], weights_only=True)["model"]
-    assert sd["tag_head.weight"].shape == (sd["mlm_head.weight"].shape[0], 32)
-    objective = objective_from_artifact(art.directory)[0]
-    assert torch.equal(objective.tag_head.weight, sd["tag_head.weight"])
+    check_exported_head(art, "tag_head", 32)
 
 
 def test_tags_read_the_image_alone_and_only_its_patches(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from mdm_configs import tiny_mdm_raw
+from mdm_configs import check_exported_head, tiny_mdm_raw
 
 from risbench.models.encoders.pair_losses import bag_of_words_loss, max_pooled_words_loss
 
@@ -40,17 +40,12 @@ def _raw(tmp_path) -> dict:
 
 def test_pretrain_with_bag_of_words_logs_it_and_exports_its_head(tmp_path, monkeypatch):
     from risbench.train.pretrain import pretrain
-    from risbench.train.probe import objective_from_artifact
 
     monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
     art = pretrain(_raw(tmp_path), tmp_path / "art", quiet=True)
     last = art.provenance.loss_curve[-1]
     assert last["loss"] == pytest.approx(last["loss_mlm"] + 0.5 * last["loss_bow"], rel=1e-4)
-    sd = torch.load(art.encoder_options["weights"], weights_only=True)["model"]
-    vocab = sd["mlm_head.weight"].shape[0]
-    assert sd["bow_head.weight"].shape == (vocab, 32)
-    objective = objective_from_artifact(art.directory)[0]
-    assert torch.equal(objective.bow_head.weight, sd["bow_head.weight"])
+    check_exported_head(art, "bow_head", 32)
 
 
 def test_the_image_alone_feeds_the_bag_of_words(tmp_path, monkeypatch):

@@ -41,9 +41,9 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   word class a softmax over the class's meanings (the logsumexp of each meaning's words' logits) against the
   meanings the caption names (`pair_losses.class_tag_loss`). The signal of the direct shape probe that
   learned shape in 200 steps (docs/decisions.md §9), with the labels read from the caption, not the scene.
-The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`,
-`mim_head.*`, BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, `itm_head.*`, `bow_head.*`) beside
-them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
+The export is the official unilm layout: encoder keys under `beit3.`, the heads (`mlm_head.*`, `mim_head.*`,
+BEiT-3 retrieval's `vision_head.*`, `language_head.*`, `logit_scale`, `itm_head.*`, `bow_head.*`, `tag_head.*`)
+beside them, so `encoder.weights=` loads it exactly as an official file and lists the heads as ignored.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Beit3MaskedDataModelling(PretrainObjective):
             image_loss = F.mse_loss(pred, image_target[patch_mask])
             logs["loss_mim"] = float(image_loss.detach())
             loss = loss + self.cfg.image_loss_weight * image_loss
-        alone = None  # the image alone through the vision expert, shared by the contrast and the bag of words
+        alone = None  # the image alone through the vision expert, shared by the image-alone terms
         if self.vision_head is not None or self.bow_head is not None or self.tag_head is not None:
             alone = self.encoder.unimodal_sequence(image=image)
         if self.vision_head is not None:

@@ -91,8 +91,8 @@ def class_tag_loss(
     kept, index = torch.unique(meanings, return_inverse=True)  # meanings the tokenizer split away have no words
     member = F.one_hot(index, kept.numel()).T.bool()  # (M, C): the words of each meaning
     scores = logits.float()[:, word_ids].unsqueeze(1).masked_fill(~member, float("-inf")).logsumexp(-1)  # (B, M)
-    named = ((ids.unsqueeze(-1) == word_ids) & words.unsqueeze(-1)).any(1)  # (B, C)
-    target = (named.float() @ member.T.float()).clamp(max=1.0)  # (B, M)
+    named = word_multi_hot(ids, words, logits.shape[1])[:, word_ids]  # (B, C)
+    target = (named @ member.T.float()).clamp(max=1.0)  # (B, M)
     rows = target.sum(1) > 0
     if not rows.any():
         return logits.sum() * 0.0, 0.0

@@ -88,7 +88,54 @@ def test_matching_off_keeps_the_committed_artifacts_keys():
     from risbench.train.pretrain_config import config_hash, load_pretrain_config, resolve_pretrain_config
 
     raw = load_pretrain_config("beit3-conv-tiny-synthref")
-    raw["objective"] = {**raw["objective"], "itm_weight": 0.0, "itm_swap": "shape"}
+    raw["objective"] = {**raw["objective"], "itm_weight": 0.0, "itm_swap": "shape", "itm_readout": "cls"}
     assert config_hash(resolve_pretrain_config(raw)[1]) == "8a03882dd2bb"
     raw["objective"]["itm_weight"] = 1.0
     assert config_hash(resolve_pretrain_config(raw)[1]) != "8a03882dd2bb"
+
+
+def test_patch_max_readout_scores_the_best_patch_and_exports_a_one_logit_head(tmp_path, monkeypatch):
+    from risbench.models.encoders.beit3_pretrain import Beit3MaskedDataModelling
+    from risbench.train.pretrain import pretrain
+
+    monkeypatch.setenv("RISBENCH_CACHE", str(tmp_path / "cache"))
+    raw = _raw(tmp_path)
+    raw["data"]["text"] = "captions"
+    raw["objective"]["itm_readout"] = "patch_max"
+    art = pretrain(raw, tmp_path / "art", quiet=True)
+    last = art.provenance.loss_curve[-1]
+    assert last["loss"] == pytest.approx(last["loss_mlm"] + 0.5 * last["loss_itm"], rel=1e-4)
+    sd = torch.load(art.encoder_options["weights"], weights_only=True)["model"]
+    assert sd["itm_head.weight"].shape == (1, 32)
+    from risbench.train.probe import objective_from_artifact
+
+    objective = objective_from_artifact(art.directory)[0]
+    assert isinstance(objective, Beit3MaskedDataModelling)
+    # the pair's logit is its best patch's score: raise one patch's score and only that pair's loss moves
+    enc = objective.encoder
+    n = enc.num_vision_tokens
+    seq = torch.zeros(2, n + 4, 32)
+    seq[0, 3, 0] = 5.0  # a patch of pair 0
+    seq[1, 0, 0] = 9.0  # pair 1's CLS, not a patch: a CLS readout would give the pairs 0 and 9
+    monkeypatch.setattr(enc, "final_sequence", lambda *a: seq)
+    with torch.no_grad():
+        objective.itm_head.weight.zero_()
+        objective.itm_head.weight[0, 0] = 1.0
+        objective.itm_head.bias.zero_()
+    monkeypatch.setattr(objective, "_swapped", lambda name, ids, rows: (ids, torch.zeros_like(rows)))  # both match
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    loss, acc = objective.matching_loss(torch.zeros(2, 3, 32, 32), ids, torch.zeros(2, 4, dtype=torch.bool))
+    import math
+
+    expected = (math.log1p(math.exp(-5.0)) + math.log(2.0)) / 2  # pair 0's logit 5, pair 1's 0
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert acc == 0.5
+
+
+def test_an_unknown_matching_readout_is_refused_with_the_known_ones(tmp_path):
+    from risbench.train.pretrain_config import resolve_pretrain_config
+
+    raw = _raw(tmp_path)
+    raw["objective"]["itm_readout"] = "patch_mean"
+    with pytest.raises(Exception, match="itm_readout.*cls.*patch_max"):
+        resolve_pretrain_config(raw)

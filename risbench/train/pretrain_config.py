@@ -28,6 +28,7 @@ LATER_OPTION_DEFAULTS = {
         "init_temperature": 0.07,
         "itm_weight": 0.0,
         "itm_swap": "shape",
+        "itm_readout": "cls",
         "itc_negatives": "",
         "bow_weight": 0.0,
         "bow_pool": "cls",

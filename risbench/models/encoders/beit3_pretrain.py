@@ -28,7 +28,10 @@ from a VQ-KD tokenizer). Here (docs/decisions.md, "Pretraining"):
   image's row, so an image must say which of the two captions it shows (the text -> image side is unchanged).
 - image-text matching (optional, `itm_weight` > 0; VLMo's ITM): a linear head on the joint sequence's CLS
   tells matching captions from negatives made by swapping one word of the data's class `itm_swap` for a word
-  of another meaning (`pair_losses.swap_class_words`), half of each batch.
+  of another meaning (`pair_losses.swap_class_words`), half of each batch. `itm_readout: patch_max` scores each
+  patch of the joint sequence instead and takes the best one as the pair's logit (binary cross-entropy;
+  multiple-instance learning as in weakly supervised grounding): a pair matches when some patch shows what the
+  caption says, so the patches themselves must compare their object with the words, as a mask head needs.
 - image-level bag of words (optional, `bow_weight` > 0; SuperClass, Huang et al. 2024, without its IDF
   weights): the image alone through the vision expert, a linear head on its CLS over the vocabulary, softmax
   cross-entropy against the caption's word ids as an evenly spread target. No word is seen: every word of
@@ -73,6 +76,7 @@ from risbench.registry import OBJECTIVES
 ENCODER_FILE = "encoder.pth"
 MIM_TARGETS = ("pixels", "hog")
 BOW_POOLS = ("cls", "max")
+ITM_READOUTS = ("cls", "patch_max")
 # the heads beside the encoder in the export
 HEADS = ("mlm_head", "mim_head", "vision_head", "language_head", "itm_head", "bow_head", "tag_head")
 
@@ -93,6 +97,7 @@ class Beit3MdmConfig:
     init_temperature: float = 0.07  # BEiT-3 retrieval and CLIP: logit_scale starts at log(1 / 0.07)
     itm_weight: float = 0.0  # weight of image-text matching on the joint sequence (VLMo's ITM); 0 = none
     itm_swap: str = "shape"  # the data's word class whose words are swapped to make the matching negatives
+    itm_readout: str = "cls"  # cls (VLMo: the joint CLS, 2-way) | patch_max (the best patch's score, BCE)
     itc_negatives: str = ""  # a word class: its swapped captions join the contrast as hard negatives; "" = none
     bow_weight: float = 0.0  # weight of the image-level bag of words (SuperClass); 0 = none
     bow_pool: str = "cls"  # cls (SuperClass: the image CLS, softmax) | max (patch tags max-pooled, BCE)
@@ -104,6 +109,8 @@ class Beit3MdmConfig:
             raise ValueError(f"itm_weight must be >= 0, got {self.itm_weight}")
         if self.contrastive_weight < 0.0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.itm_readout not in ITM_READOUTS:
+            raise ValueError(unknown_name_message("itm_readout", self.itm_readout, ITM_READOUTS))
         if self.bow_pool not in BOW_POOLS:
             raise ValueError(unknown_name_message("bow_pool", self.bow_pool, BOW_POOLS))
         if self.bow_weight < 0.0:
@@ -152,7 +159,8 @@ class Beit3MaskedDataModelling(PretrainObjective):
             self.vision_head = nn.Linear(dim, dim, bias=False)
             self.language_head = nn.Linear(dim, dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
-        self.itm_head = nn.Linear(dim, 2) if cfg.itm_weight > 0 else None
+        itm_out = 2 if cfg.itm_readout == "cls" else 1
+        self.itm_head = nn.Linear(dim, itm_out) if cfg.itm_weight > 0 else None
         self.bow_head = nn.Linear(dim, encoder.vocab_size) if cfg.bow_weight > 0 else None
         self.tag_head = nn.Linear(dim, encoder.vocab_size) if cfg.tag_weight > 0 else None
         self.class_words: dict[str, tuple[Tensor, Tensor]] = {}  # class -> (word ids, meanings), bound at build
@@ -260,13 +268,18 @@ class Beit3MaskedDataModelling(PretrainObjective):
         return torch.stack(losses).mean(), logs
 
     def matching_loss(self, image: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, float]:
-        """(image-text matching on the joint CLS, its accuracy): half of the captions, drawn at random, get
-        one word of class `itm_swap` replaced by one of another meaning and must be told from the rest."""
+        """(image-text matching on the joint sequence, its accuracy): half of the captions, drawn at random, get
+        one word of class `itm_swap` replaced by one of another meaning and must be told from the rest, by the
+        joint CLS (`itm_readout: cls`) or by the best-scoring patch (`patch_max`)."""
         rows = torch.rand(ids.shape[0], device=ids.device) < 0.5
         swapped, changed = self._swapped(self.cfg.itm_swap, ids, rows)
         seq = self.encoder.final_sequence(image, swapped, pad, None)
-        logits = self.itm_head(seq[:, 0]).float()
         target = (~changed).long()  # 1 = the caption matches the image
+        if self.cfg.itm_readout == "patch_max":
+            logit = self.itm_head(seq[:, 1 : self.encoder.num_vision_tokens]).squeeze(-1).amax(dim=1).float()
+            loss = F.binary_cross_entropy_with_logits(logit, target.float())
+            return loss, float(((logit > 0).long() == target).float().mean())
+        logits = self.itm_head(seq[:, 0]).float()
         return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
 
     def contrastive_loss(self, alone: Tensor, ids: Tensor, pad: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -38,7 +38,8 @@ def sentences(variant: str, seed: int) -> list[SentenceResult]:
     ]
 
 
-def write_runs(root: Path, variants=("noise", "better", "shared"), table: dict | None = None) -> Path:
+def write_runs(root: Path, variants=("noise", "better", "shared"), table: dict | None = None, make=None) -> Path:
+    """Fake run folders of `variants` x SEEDS with the results `make(variant, seed)` (default `sentences`)."""
     exp = root / "exp"
     for index, variant in enumerate(variants):
         for seed in SEEDS:
@@ -47,7 +48,7 @@ def write_runs(root: Path, variants=("noise", "better", "shared"), table: dict |
             (run / "run.json").write_text(
                 json.dumps({"experiment": "exp", "variant": variant, "seed": seed, "index": index})
             )
-            results = sentences(variant, seed)
+            results = (make or sentences)(variant, seed)
             split = {"split": "val", "threshold": 0.35, "resolution": "original", **compute_metrics(results)}
             (run / "metrics.json").write_text(json.dumps({"splits": {"val": split}}))
             write_per_sentence(run, "val", results, 0.35, "original")

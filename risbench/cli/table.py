@@ -21,6 +21,12 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(
             2000, "--bootstrap", help="bootstrap replicates of the differences (0: differences without interval)"
         ),
+        columns: str = typer.Option(
+            None,
+            "--columns",
+            help="comma-separated columns instead of the experiment's, e.g. oiou,p50@shape (<base>@<kind>: "
+            "oiou, miou or p50 over one kind of sentence; each such column gets a Δ)",
+        ),
     ) -> None:
         """Pivot every metrics.json / flops.json under RUNS_DIR into the paper's layout: mean ± 95% t-interval
         over seeds, and each row's difference from the reference row (paired bootstrap 95% CI)."""
@@ -31,7 +37,8 @@ def register(app: typer.Typer) -> None:
 
         if bootstrap < 0:
             raise RisbenchError(f"--bootstrap must be >= 0, got {bootstrap}")
-        text = render(table_for_dir(runs_dir, reference=reference, replicates=bootstrap), fmt)
+        show = [c.strip() for c in columns.split(",") if c.strip()] if columns is not None else None
+        text = render(table_for_dir(runs_dir, reference=reference, replicates=bootstrap, show=show), fmt)
         if out is None:
             print(text, end="" if text.endswith("\n") else "\n")
         else:

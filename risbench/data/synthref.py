@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from risbench.data.base import LoadedRef, RefDataset, Sentence
+from risbench.data.synthref_analysis import word_kinds
 from risbench.data.synthref_generate import caption, make_scene, object_caption
 from risbench.data.synthref_render import render
 from risbench.data.synthref_scene import COLOURS, FLAVOURS, SHAPES, SIZE_WORDS, Scene
@@ -173,6 +174,10 @@ class SynthRefDataset(RefDataset):
             "shape": {s: [s] for s in SHAPES},
             "size": {size: list(words) for size, words in SIZE_WORDS.items()},
         }
+
+    def sentence_kind(self, text: str) -> str:
+        """The kinds of words it uses, e.g. 'shape', 'colour+shape' (risbench.data.synthref_analysis)."""
+        return word_kinds(text)
 
     def num_refs(self) -> int:
         return len(self._counts)

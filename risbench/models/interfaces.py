@@ -216,6 +216,12 @@ class PretrainObjective(nn.Module):
     def export(self) -> dict[str, object]:
         raise NotImplementedError
 
+    continues: ClassVar[bool] = False  # whether `continue_export` is implemented (a config's `continue_from`)
+
+    def continue_export(self, directory) -> None:
+        """Start from what `export` wrote to `directory` (a staged pretraining's `continue_from`)."""
+        raise NotImplementedError
+
     @staticmethod
     def encoder_options(directory) -> dict[str, str]:
         raise NotImplementedError

@@ -35,17 +35,21 @@ def metric_key(name: str) -> str | None:
 
 def split_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
     """Per-split {metric: value} of a metrics.json, keyed by `metric_key` ('oiou', 'p50', ...); values are
-    percent, as risbench.train.metrics reports them. Entries that are not a metric (threshold, counts) are
-    left out."""
+    percent, as risbench.train.metrics reports them; `by_kind` gives `<key>@<kind>` (e.g. 'p50@shape').
+    Entries that are not a metric (threshold, counts) are left out."""
     out: dict[str, dict[str, float]] = {}
     for split, values in metrics.splits.items():
         if not isinstance(values, dict):
             continue
         found = {}
-        for name, value in values.items():
+        flat = list(values.items())
+        for kind, per_kind in (values.get("by_kind") or {}).items():
+            if isinstance(per_kind, dict):
+                flat += [(name, value, kind) for name, value in per_kind.items()]
+        for name, value, *kind in flat:
             key = metric_key(str(name))
             if key and isinstance(value, (int, float)) and not isinstance(value, bool):
-                found[key] = float(value)
+                found[f"{key}@{kind[0]}" if kind else key] = float(value)
         if found:
             out[split] = found
     return out

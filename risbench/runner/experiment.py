@@ -44,7 +44,7 @@ from typing import Any
 
 from risbench.config import PROJECT_ROOT, parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
-from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER
+from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER, SLICE_BASES, higher_is_better, is_column
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
 from risbench.runner.resolve import RUN_SECTIONS, key_exists, load_recipe, resolve_base, validate_run_config
 from risbench.spec import SECTION_KEYS, full_key, load_config, merge, resolve_model, set_key
@@ -72,11 +72,12 @@ class TableSpec:
     def __post_init__(self) -> None:
         # ValueError: to_dataclass prefixes it with the file and the key
         for col in self.columns:
-            if col not in COLUMNS:
-                raise ValueError("columns: " + unknown_name_message("column", col, COLUMNS))
+            if not is_column(col):
+                known = [*COLUMNS, *(f"{b}@<kind>" for b in SLICE_BASES)]
+                raise ValueError("columns: " + unknown_name_message("column", col, known))
         accuracy = [c for c in COLUMNS if c in HIGHER_IS_BETTER]
         for col in self.delta:
-            if col not in accuracy:
+            if not higher_is_better(col):
                 raise ValueError("delta: " + unknown_name_message("accuracy column", col, accuracy))
         if self.reference is not None:
             self.reference = str(self.reference)  # YAML reads a run named 1 as a number

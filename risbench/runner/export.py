@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from risbench.errors import UnknownNameError, unknown_name_message
-from risbench.runner.columns import COST, LABELS, fmt_paper, fmt_value
+from risbench.runner.columns import COST, fmt_paper, fmt_value
+from risbench.runner.columns import label as column_label
 from risbench.runner.latex import SHRINK_OPEN, to_latex
 from risbench.runner.tables import TableData
 
@@ -96,9 +97,11 @@ def to_csv(t: TableData) -> str:
 
 def _layout(t: TableData) -> list[tuple[str, str, str]]:
     """(label, kind, column) of each displayed column: ours (means), delta, then paper."""
-    out = [(LABELS[c], "ours", c) for c in t.columns]
-    out += [(f"Δ {LABELS[c]}", "delta", c) for c in (t.stats.delta_columns if t.stats and t.stats.reference else [])]
-    return out + [(f"paper {LABELS[c]}", "paper", c) for c in t.paper.columns]
+    out = [(column_label(c), "ours", c) for c in t.columns]
+    out += [
+        (f"Δ {column_label(c)}", "delta", c) for c in (t.stats.delta_columns if t.stats and t.stats.reference else [])
+    ]
+    return out + [(f"paper {column_label(c)}", "paper", c) for c in t.paper.columns]
 
 
 def _display_frame(t: TableData, pm: str, dash: str) -> pd.DataFrame:

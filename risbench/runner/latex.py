@@ -15,7 +15,8 @@ import math
 
 import pandas as pd
 
-from risbench.runner.columns import COST, LABELS, fmt_paper, fmt_value
+from risbench.runner.columns import COST, fmt_paper, fmt_value
+from risbench.runner.columns import label as column_label
 from risbench.runner.tables import TableData
 
 _LATEX_SPECIAL = {
@@ -97,7 +98,7 @@ def _frame(t: TableData, decimals: dict[str, int]) -> pd.DataFrame:
     data: dict[tuple[str, str], list[str]] = {}
     for col in t.columns:
         subs = [OURS] + ([DELTA] if col in deltas else []) + ([PAPER] if col in t.paper.columns else [])
-        label = latex_escape(LABELS[col])
+        label = latex_escape(column_label(col))
         for sub in subs:
             key = (label, sub if len(subs) > 1 else "")
             if sub == OURS:
@@ -156,7 +157,7 @@ def to_latex(t: TableData) -> str:
         key: best[col]
         for key in frame.columns
         for col in t.columns
-        if _group(key) == latex_escape(LABELS[col]) and _sub(key) in (OURS, "") and col in best
+        if _group(key) == latex_escape(column_label(col)) and _sub(key) in (OURS, "") and col in best
     }
 
     def style_column(series: pd.Series) -> list[str]:

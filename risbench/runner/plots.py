@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from risbench.io import atomic_write_path
 from risbench.runner import plot_data
 from risbench.runner.collect import run_meta
-from risbench.runner.columns import LABELS
+from risbench.runner.columns import label as column_label
 from risbench.runner.tables import TableData
 
 DPI = 200
@@ -101,7 +101,7 @@ def plot_metrics(table: TableData, metrics: list[str], stem: Path, reference: st
         frame = plot_data.metric_frame(table, metric)
         colours = ["#999999" if v == reference else PALETTE[0] for v in frame["variant"]]
         ax.bar(frame["variant"], frame["mean"], color=colours, yerr=_errors(frame), capsize=4, ecolor="black")
-        ax.set_ylabel(f"{LABELS[metric]} (%)")
+        ax.set_ylabel(f"{column_label(metric)} (%)")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     seeds = sorted({int(s) for m in metrics for s in plot_data.metric_frame(table, m)["seeds"]})
@@ -120,8 +120,8 @@ def plot_cost(table: TableData, stem: Path, cost: str = "gflops", metric: str = 
         err = None if math.isnan(row["low"]) else [[row["mean"] - row["low"]], [row["high"] - row["mean"]]]
         ax.errorbar(row["cost"], row["mean"], yerr=err, fmt="o", ms=6, capsize=3, color=colours[row["variant"]])
         ax.annotate(row["variant"], (row["cost"], row["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel(LABELS[cost] + (f" ({scope})" if scope else ""))
-    ax.set_ylabel(f"{LABELS[metric]} (%)")
+    ax.set_xlabel(column_label(cost) + (f" ({scope})" if scope else ""))
+    ax.set_ylabel(f"{column_label(metric)} (%)")
     ax.grid(alpha=0.3)
     ax.set_title("Cost against accuracy", fontsize=10)
     return save(fig, stem)

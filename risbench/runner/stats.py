@@ -92,59 +92,71 @@ class Sentences:
     exists: np.ndarray  # bool
     inter: np.ndarray  # int
     union: np.ndarray  # int
+    kind: np.ndarray | None = None  # str, the sentence's kind (metrics `<m>@<kind>`); None: the file has none
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def positives(self, metric: str) -> np.ndarray:
+        """(n,) bool: the sentences `metric` is computed over (`p50@shape`: the positives of kind 'shape')."""
+        pos = self.exists.astype(bool)
+        _, sep, kind = metric.partition("@")
+        if not sep:
+            return pos
+        if self.kind is None:
+            raise ValueError(f"metric '{metric}' needs the sentences' kinds; this per-sentence file has none")
+        return pos & (self.kind == kind)
 
 
 def point_metrics(s: Sentences, metrics: Sequence[str]) -> dict[str, float]:
     """Each metric over the positive sentences, as risbench.train.metrics computes it: oIoU = 100·ΣI/ΣU
     (0 when ΣU = 0), mIoU = 100·mean(I/U) (IoU 0 when U = 0; summed left to right, as Python's sum),
-    P@X = 100·(number with IoU >= X) / (number of positives)."""
-    pos = s.exists.astype(bool)
-    inter = [int(v) for v in s.inter[pos]]
-    union = [int(v) for v in s.union[pos]]
-    ious = [i / u if u > 0 else 0.0 for i, u in zip(inter, union, strict=True)]
+    P@X = 100·(number with IoU >= X) / (number of positives); `<m>@<kind>` the same over the positives of
+    that kind, as the `by_kind` metric computes it."""
     out = {}
-    for m in metrics:
+    for full in metrics:
+        pos = s.positives(full)
+        m = full.partition("@")[0]
+        inter = [int(v) for v in s.inter[pos]]
+        union = [int(v) for v in s.union[pos]]
+        ious = [i / u if u > 0 else 0.0 for i, u in zip(inter, union, strict=True)]
         x = precision_threshold(m)
         if m == "oiou":
-            out[m] = float(100.0 * (sum(inter) / sum(union))) if sum(union) > 0 else 0.0
+            out[full] = float(100.0 * (sum(inter) / sum(union))) if sum(union) > 0 else 0.0
         elif m == "miou":
-            out[m] = float(100.0 * (sum(ious) / len(ious))) if ious else 0.0
+            out[full] = float(100.0 * (sum(ious) / len(ious))) if ious else 0.0
         elif x is not None:
-            out[m] = float(100.0 * (sum(1 for v in ious if v >= x) / len(ious))) if ious else 0.0
+            out[full] = float(100.0 * (sum(1 for v in ious if v >= x) / len(ious))) if ious else 0.0
         else:
-            raise ValueError(f"no per-sentence definition of metric '{m}'")
+            raise ValueError(f"no per-sentence definition of metric '{full}'")
     return out
 
 
 def _features(s: Sentences, metrics: Sequence[str]) -> np.ndarray:
-    """(n, 4 + P) per-sentence columns whose resampled sums give every metric: [positive, I, U, IoU,
-    IoU >= X for each P@X], zero on negatives."""
-    pos = s.exists.astype(bool)
-    inter = np.where(pos, s.inter, 0).astype(float)
-    union = np.where(pos, s.union, 0).astype(float)
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    cols = [pos.astype(float), inter, union, iou]
-    cols += [((iou >= x) & pos).astype(float) for m in metrics if (x := precision_threshold(m)) is not None]
+    """(n, 2M) per-sentence columns whose resampled sums give every metric as 100 · numerator / denominator:
+    oIoU (I, U), mIoU (IoU, 1), P@X (IoU >= X, 1), each over the sentences the metric counts (zero elsewhere)."""
+    cols = []
+    for full in metrics:
+        pos = s.positives(full)
+        m = full.partition("@")[0]
+        inter = np.where(pos, s.inter, 0).astype(float)
+        union = np.where(pos, s.union, 0).astype(float)
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        if m == "oiou":
+            cols += [inter, union]
+        elif m == "miou":
+            cols += [iou, pos.astype(float)]
+        elif (x := precision_threshold(m)) is not None:
+            cols += [((iou >= x) & pos).astype(float), pos.astype(float)]
+        else:
+            raise ValueError(f"no per-sentence definition of metric '{full}'")
     return np.stack(cols, axis=1)
 
 
 def _metrics_from_sums(sums: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
-    """(..., M) metric values from (..., 4 + P) resampled feature sums (same layout as `_features`)."""
-    npos, inter, union, iou = sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3]
-    safe = lambda num, den: 100.0 * np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # noqa: E731
-    out, p = [], 4
-    for m in metrics:
-        if m == "oiou":
-            out.append(safe(inter, union))
-        elif m == "miou":
-            out.append(safe(iou, npos))
-        else:
-            out.append(safe(sums[..., p], npos))
-            p += 1
-    return np.stack(out, axis=-1)
+    """(..., M) metric values from (..., 2M) resampled feature sums (same layout as `_features`)."""
+    num, den = sums[..., 0::2], sums[..., 1::2]
+    return 100.0 * np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from rich.table import Table
 from risbench.io import atomic_write_json, atomic_write_text, git_text
 from risbench.results import RUN_FILE, Flops, RunInfo
 from risbench.runner import backends, export, tables
-from risbench.runner.columns import COST, LABELS
+from risbench.runner.columns import COST
+from risbench.runner.columns import label as column_label
 from risbench.runner.experiment import Experiment, Run
 from risbench.runner.pretrained import without_encoder_options
 from risbench.runner.progress import SweepProgress
@@ -157,10 +158,10 @@ def efficiency_table(table: tables.TableData, title: str) -> Table:
     out.add_column("variant", style="bold", overflow="fold")
     cols = [c for c in COST if c in table.mean.columns]
     for c in cols:
-        out.add_column(LABELS[c], justify="right")
+        out.add_column(column_label(c), justify="right")
     paper_cols = [c for c in COST if c in table.paper.columns]
     for c in paper_cols:
-        out.add_column(f"paper {LABELS[c]}", justify="right")
+        out.add_column(f"paper {column_label(c)}", justify="right")
     for v in table.mean.index:
         row = [v] + [export.fmt_value(table.mean.loc[v, c], c) or "–" for c in cols]
         row += [export.fmt_paper(table.paper.loc[v, c], c) or "–" for c in paper_cols]

@@ -77,7 +77,7 @@ def _sentences(run_dir: str | Path, split: str) -> RunSentences:
     ids = tuple(frame["sent_id"].astype(str)) if "sent_id" in frame else ()
     counts = stats.Sentences(
         frame["index"].to_numpy(int), frame["exists"].to_numpy(bool), frame["inter"].to_numpy(int),
-        frame["union"].to_numpy(int),
+        frame["union"].to_numpy(int), frame["kind"].to_numpy(str) if "kind" in frame else None,
     )  # fmt: skip
     refs = list(frame["ref_id"]) if "ref_id" in frame else None
     return RunSentences(counts, setting, ids, groups=ref_groups(refs, counts.index))
@@ -87,7 +87,10 @@ def _check_against_metrics(found: RunSentences, reported: dict[str, float]) -> b
     """Whether the per-sentence file reproduces the run's metrics.json (a stale file would not)."""
     assert found.counts is not None and found.groups is not None
     plain = {m: v for m, v in reported.items() if m not in ROBUST}
-    ours: dict[str, float | None] = dict(stats.point_metrics(found.counts, list(plain)))
+    try:
+        ours: dict[str, float | None] = dict(stats.point_metrics(found.counts, list(plain)))
+    except ValueError:  # a metric by kind, from a file without the kinds
+        return False
     robust = [m for m in reported if m in ROBUST]
     if robust:
         ours.update(robust_point(found.counts, found.groups, robust))
@@ -113,7 +116,7 @@ def compute_stats(
             ci = stats.seed_interval(list(values))
             if ci.low is not None:
                 ci_low.loc[variant, metric], ci_high.loc[variant, metric] = ci.low, ci.high
-    acc = [c for c in columns if c in stats.ACCURACY or c in ROBUST]
+    acc = [c for c in columns if c.partition("@")[0] in stats.ACCURACY or c in ROBUST]
     diff = pd.DataFrame(math.nan, index=variants, columns=acc)
     out = TableStats(
         reference, ci_low, ci_high, diff, diff.copy(), diff.copy(),

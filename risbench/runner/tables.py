@@ -23,11 +23,12 @@ from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.results import FLOPS_FILE, METRICS_FILE, Flops, Metrics
 from risbench.runner.collect import collect, read_json
-from risbench.runner.columns import COLUMNS, COST, DECIMALS, HIGHER_IS_BETTER, LABELS
+from risbench.runner.columns import COLUMNS, COST, DECIMALS, LABELS, SLICE_BASES, higher_is_better, is_column
+from risbench.runner.columns import label as column_label
 from risbench.runner.pretrained import describe_weights
 from risbench.runner.stats import DEFAULT_REPLICATES
 from risbench.runner.stats_robust import ROBUST
-from risbench.runner.table_stats import TableStats, compute_stats, resolve_reference
+from risbench.runner.table_stats import DEFAULT_DELTA, TableStats, compute_stats, resolve_reference
 
 PAPER_CSV_COLUMNS = {"params": "params_m"}  # our column -> registry/paper_tables.csv column
 
@@ -55,7 +56,7 @@ class TableData:
         precision (`decimals` per column where a format prints fewer), from our means (ties share a rank)."""
         out = {}
         for col in self.columns:
-            if col not in HIGHER_IS_BETTER:
+            if not higher_is_better(col):
                 continue
             values = self.mean[col].dropna().round((decimals or {}).get(col, DECIMALS.get(col, 2)))
             distinct = sorted(set(values), reverse=True)
@@ -103,7 +104,7 @@ def build_table(
     spec = meta.get("table") or {}
     split = spec.get("split", "val")
     cost = spec.get("cost", "total")
-    columns = [c for c in spec.get("columns", COLUMNS) if c in COLUMNS]
+    columns = [c for c in spec.get("columns", COLUMNS) if is_column(c)]
     if run_ids is not None:
         tidy = tidy[tidy["run_id"].isin(run_ids)]
     else:
@@ -113,7 +114,7 @@ def build_table(
     variants = order + [v for v in seen if v not in order]
     ref = resolve_reference(spec, variants, reference)
 
-    want = tidy[((tidy["split"] == split) & tidy["metric"].isin(HIGHER_IS_BETTER))]
+    want = tidy[((tidy["split"] == split) & tidy["metric"].map(higher_is_better).astype(bool))]
     cost_rows = tidy[(tidy["split"] == "") & tidy["metric"].isin([f"params.{cost}", f"gflops.{cost}"])].copy()
     cost_rows["metric"] = cost_rows["metric"].str.split(".").str[0]
     both = pd.concat([want, cost_rows])
@@ -191,7 +192,7 @@ def delta_caption(st: TableStats) -> str:
     robust = [c for c in st.delta_columns if c in ROBUST]
     refs = ""
     if robust and st.refs:
-        names = " and ".join(f"Δ {LABELS[c]}" for c in robust)
+        names = " and ".join(f"Δ {column_label(c)}" for c in robust)
         refs = f" ({names}: over their {span([st.refs[v] for v in st.refs])} refs, each ref's sentences drawn together)"
     return (
         f"Δ vs {st.reference}: paired bootstrap over {sentences} sentences and {seeds} {seed_word}, "
@@ -257,6 +258,12 @@ def caption_for(
     if accuracy:
         parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
         parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
+        kinds = [c for c in spec.get("columns", ()) if "@" in c]
+        if kinds:
+            parts.append(
+                f"{column_label(kinds[0])} and the like: over the positive sentences of that kind as the dataset "
+                "classifies them (SynthRef: the kinds of words an expression uses, as `risbench data breakdown`)"
+            )
     parts.append("input " + (one({f"{s}×{s}" for s in sizes}, "?")))
     if accuracy:
         parts.append(f"weights: {one({describe_weights(w) for w in weights}, 'random')}")
@@ -290,6 +297,7 @@ def table_for_dir(
     *,
     reference: str | None = None,
     replicates: int = DEFAULT_REPLICATES,
+    show: list[str] | None = None,
 ) -> TableData:
     """Collect and pivot one experiment's run folder (runs/<experiment>/), using its experiment.json;
     `columns` narrows the table's columns (e.g. the cost columns only); `reference` and `replicates` as
@@ -299,6 +307,15 @@ def table_for_dir(
     if columns is not None:
         spec = dict(meta.get("table") or {})
         spec["columns"] = [c for c in spec.get("columns", COLUMNS) if c in columns]
+        meta = {**meta, "table": spec}
+    if show is not None:
+        unknown = [c for c in show if not is_column(c)]
+        if unknown:
+            known = [*COLUMNS, *(f"{b}@<kind>" for b in SLICE_BASES)]
+            raise UnknownNameError("--columns: " + unknown_name_message("column", unknown[0], known))
+        spec = dict(meta.get("table") or {})
+        delta = [c for c in spec.get("delta", DEFAULT_DELTA) if c in show]
+        spec.update(columns=list(show), delta=delta + [c for c in show if "@" in c and c not in delta])
         meta = {**meta, "table": spec}
     tidy = collect(runs_dir)
     if tidy.empty:

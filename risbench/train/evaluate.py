@@ -43,7 +43,12 @@ class SwappedText(torch.utils.data.Dataset):
         sample = dict(self.dataset[index])
         other = self.dataset[self.perm[index]]
         sample["text"] = other["text"]
-        sample["meta"] = {**sample["meta"], "sentence": other["text"], "swapped_from": self.perm[index]}
+        sample["meta"] = {
+            **sample["meta"],
+            "sentence": other["text"],
+            "kind": other["meta"].get("kind", ""),
+            "swapped_from": self.perm[index],
+        }
         return sample
 
 
@@ -75,6 +80,7 @@ def score_batch(
                 exists=bool(batch["exists"][i].item()),
                 sentence=meta.get("sentence", ""),
                 sent_id=meta.get("sent_id"),
+                kind=meta.get("kind", ""),
             )
         )
     return out

@@ -39,7 +39,7 @@ from risbench.registry import METRICS
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 # target area as a percentage of the image area
-DEFAULT_ORDER = ("oIoU", "mIoU", "precision", "counts", "rris", "iou_by_size")
+DEFAULT_ORDER = ("oIoU", "mIoU", "precision", "counts", "rris", "iou_by_size", "by_kind")
 SIZE_BUCKETS = ((0.0, 1.0), (1.0, 5.0), (5.0, 10.0), (10.0, 20.0), (20.0, 100.0))
 
 
@@ -57,6 +57,7 @@ class SentenceResult:
     image_area: int
     sentence: str = ""  # the expression (for per-sentence reports; not used by the metrics)
     sent_id: Any = None  # the dataset's sentence id (for per-sentence files; not used by the metrics)
+    kind: str = ""  # the sentence's kind as its dataset classifies it (SynthRef: its word kinds); "" = none
 
     @property
     def iou(self) -> float:
@@ -75,6 +76,7 @@ def score_sentence(
     exists: bool = True,
     sentence: str = "",
     sent_id: Any = None,
+    kind: str = "",
 ) -> SentenceResult:
     """Counts for one binary prediction against its binary ground truth (same shape)."""
     pred = np.asarray(pred).astype(bool)
@@ -95,6 +97,7 @@ def score_sentence(
         image_area=int(gt.size),
         sentence=sentence,
         sent_id=sent_id,
+        kind=kind,
     )
 
 
@@ -177,6 +180,28 @@ def iou_by_size(results: list[SentenceResult]) -> dict[str, Any]:
             "oIoU": _pct(sum(r.inter for r in items) / union) if union > 0 else None,
         }
     return {"iou_by_size": out}
+
+
+@METRICS.register("by_kind")
+def by_kind(results: list[SentenceResult]) -> dict[str, Any]:
+    """oIoU, mIoU and P@0.5 of the positive sentences of each kind their dataset gives (SynthRef: the kinds
+    of words an expression uses, e.g. 'shape' for "the star"), for the table columns `p50@shape` etc.;
+    nothing for a dataset without kinds."""
+    groups: dict[str, list[SentenceResult]] = defaultdict(list)
+    for r in _positives(results):
+        if r.kind:
+            groups[r.kind].append(r)
+    out = {}
+    for kind in sorted(groups):
+        items = groups[kind]
+        union = sum(r.union for r in items)
+        out[kind] = {
+            "num": len(items),
+            "oIoU": _pct(sum(r.inter for r in items) / union) if union > 0 else 0.0,
+            "mIoU": _pct(sum(r.iou for r in items) / len(items)),
+            "P@0.5": _pct(sum(1 for r in items if r.iou >= 0.5) / len(items)),
+        }
+    return {"by_kind": out} if out else {}
 
 
 @METRICS.register("rris", columns={"rris_r": Column("r", True, 15), "rris_riou": Column("rIoU", True, 16)})

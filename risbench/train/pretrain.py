@@ -112,6 +112,7 @@ def pretrain(
     cfg, resolved = resolve_pretrain_config(raw)
     name = artifact_name(cfg, resolved)
     if out_dir is None:
+        # a finished artifact is reused without its chain; a missing one makes the stages it continues first
         found = find_artifact(name)
         if found is not None:
             return found
@@ -126,12 +127,13 @@ def pretrain(
         old = yaml.safe_load(cfg_path.read_text()) or {}
         if config_hash(old) != config_hash(resolved):
             raise RisbenchError(f"{out_dir} holds a pretraining of another config; choose another --out or delete it")
+    parent = pretrain(resolved["continue_from"], quiet=quiet) if "continue_from" in resolved else None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
     info = init_distributed()
     with process_settings(cfg, info.device):
         command = command or f"risbench pretrain {cfg.name}"
-        return _run(cfg, resolved, out_dir, info.device, quiet, resume, interrupt_after, command)
+        return _run(cfg, resolved, out_dir, info.device, quiet, resume, interrupt_after, command, parent)
 
 
 def tokenizer_cache(cfg: PretrainConfig) -> Path:
@@ -139,8 +141,9 @@ def tokenizer_cache(cfg: PretrainConfig) -> Path:
     return Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else default_cache_dir() / "tokenizers"
 
 
-def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
-    """(objective module holding the encoder, tokenizer, training dataset) for a resolved config."""
+def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path, parent: Pretrained | None = None):
+    """(objective module holding the encoder, tokenizer, training dataset) for a resolved config; `parent`:
+    the artifact it continues, whose tokenizer it uses and whose encoder and heads it starts from."""
     from risbench.data.build import train_texts
     from risbench.data.tokenizers import build_tokenizer
     from risbench.data.words import class_ids
@@ -155,11 +158,14 @@ def build_objective(cfg: PretrainConfig, resolved: dict[str, Any], cache: Path):
             f"incompatible components: objective '{cfg.objective.name}' needs {', '.join(sorted(missing))} but "
             f"encoder '{enc_name}' provides {', '.join(sorted(encoder.out_spec.traits))}"
         )
-    texts = None if cfg.tokenizer.path else train_texts(resolved["data"])
+    path = parent.tokenizer_path if parent is not None else cfg.tokenizer.path
+    texts = None if path else train_texts(resolved["data"])
     vocab = cfg.tokenizer.vocab_size or encoder.vocab_size
-    tokenizer = build_tokenizer(encoder.tokenizer_family, cfg.tokenizer.path, texts, cache, vocab)
+    tokenizer = build_tokenizer(encoder.tokenizer_family, path, texts, cache, vocab)
     options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
     objective = entry.obj(options, encoder, tokenizer)
+    if parent is not None:
+        objective.continue_export(parent.directory)
     dataset = _split(resolved, encoder, "train", cfg.seed)
     if hasattr(objective, "bind_word_classes"):
         classes = dataset.word_classes() if hasattr(dataset, "word_classes") else {}
@@ -181,7 +187,7 @@ def _split(resolved: dict[str, Any], encoder, split: str, seed: int):
     )
 
 
-def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command) -> Pretrained | None:
+def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command, parent) -> Pretrained | None:
     from risbench.data.collate import Collator
 
     tcfg = cfg.train
@@ -189,7 +195,7 @@ def _run(cfg, resolved, out_dir, device, quiet, resume, interrupt_after, command
     started["precision"] = precision_name(device, tcfg.amp)
     warn_if_slow_bf16(device, tcfg.amp)
     seed_everything(cfg.seed)
-    objective, tokenizer, dataset = build_objective(cfg, resolved, tokenizer_cache(cfg))
+    objective, tokenizer, dataset = build_objective(cfg, resolved, tokenizer_cache(cfg), parent)
     objective.to(device).train()
     collate = Collator(tokenizer, cfg.tokenizer.max_len)
     steps_per_epoch = len(dataset) // tcfg.batch_size

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from risbench.config import find_preset, to_dataclass, to_dict
-from risbench.errors import RisbenchError
+from risbench.errors import IncompatibleError, RisbenchError
 from risbench.registry import ENCODERS, OBJECTIVES
 from risbench.spec import load_config, resolve_model
 from risbench.train.config import SCHEDULES, TokenizerConfig, comparable, resolve_data
@@ -93,6 +93,9 @@ class PretrainConfig:
     seed: int = 0
     eval_samples: int = 512  # held-out pairs (the data's val split) measured at the end; 0 = none
     description: str | None = None
+    # a pretraining this one continues (preset name, YAML file or mapping), resolved into its full config:
+    # its artifact's encoder, heads and tokenizer are the starting point (a staged curriculum)
+    continue_from: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.eval_samples < 0:
@@ -106,10 +109,14 @@ def load_pretrain_config(name_or_path: str) -> dict[str, Any]:
     return load_config(find_preset("pretrain", name_or_path))
 
 
-def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[str, Any]]:
+def resolve_pretrain_config(raw: dict[str, Any], _chain: tuple[str, ...] = ()) -> tuple[PretrainConfig, dict[str, Any]]:
     """Validate a raw pretraining config; returns the dataclass and the resolved plain dict: the model
-    as its complete spec and the data with every default filled in, so the hash pins everything."""
+    as its complete spec and the data with every default filled in, so the hash pins everything
+    (with `continue_from`, the whole chain of configs it continues)."""
     raw = copy.deepcopy(raw)
+    parent = _resolve_parent(raw, _chain)
+    if parent is not None and "model" not in raw:
+        raw["model"] = parent["model"]
     raw["model"] = resolve_model(raw.get("model", PretrainConfig.model))
     raw["data"] = resolve_data(raw.get("data", PretrainConfig.data))
     objective = raw.get("objective")
@@ -122,6 +129,7 @@ def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[s
     options = dict(objective.pop("options", {}) or {})
     options.update(objective)
     raw["objective"] = {"name": name, "options": options}
+    raw["continue_from"] = parent
     cfg = to_dataclass(PretrainConfig, raw, "pretrain config")
     encoder_name = cfg.model["encoder"]["name"]
     if cfg.objective.name is None:
@@ -131,11 +139,65 @@ def resolve_pretrain_config(raw: dict[str, Any]) -> tuple[PretrainConfig, dict[s
                 f"pretrain config: encoder '{encoder_name}' has no pretraining objective; name one under "
                 f"objective.name ({', '.join(OBJECTIVES.names())})"
             )
+    if parent is not None:
+        _check_continuation(cfg, parent)
     options = OBJECTIVES.make_config(cfg.objective.name, cfg.objective.options, "pretrain config objective")
     cfg.objective.options = to_dict(options) if options is not None else {}
     resolved = to_dict(cfg)
     resolved["train"]["betas"] = list(cfg.train.betas)
+    if parent is None:
+        del resolved["continue_from"]  # absent, not null: the hashes of configs made before it stay valid
     return cfg, resolved
+
+
+def parent_name(resolved: dict[str, Any]) -> str | None:
+    """The artifact name (`<name>-<hash>`) of the pretraining a resolved config continues, or None."""
+    parent = resolved.get("continue_from")
+    return f"{parent['name']}-{config_hash(parent)}" if parent else None
+
+
+def _resolve_parent(raw: dict[str, Any], chain: tuple[str, ...]) -> dict[str, Any] | None:
+    value = raw.pop("continue_from", None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value in chain:
+            raise RisbenchError(f"pretrain config continue_from: a cycle ({' -> '.join((*chain, value))})")
+        chain = (*chain, value)
+        value = load_pretrain_config(value)
+    if not isinstance(value, dict):
+        raise RisbenchError(
+            f"pretrain config continue_from: expected a preset name, a file or a mapping, got {value!r}"
+        )
+    if len(chain) > 16:
+        raise RisbenchError("pretrain config continue_from: more than 16 stages; is there a cycle?")
+    return resolve_pretrain_config(value, chain)[1]
+
+
+def _check_continuation(cfg: PretrainConfig, parent: dict[str, Any]) -> None:
+    """The continued stage must build the same encoder, from nothing but the parent's artifact."""
+    mine, theirs = dict(cfg.model["encoder"]), dict(parent["model"]["encoder"])
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise IncompatibleError(
+            f"pretrain config continue_from: its encoder differs from {parent['name']}'s in "
+            + ", ".join(f"{k} ({mine.get(k)!r} here, {theirs.get(k)!r} there)" for k in diff)
+            + "; leave model out to continue the same encoder"
+        )
+    if cfg.tokenizer.path or cfg.tokenizer.vocab_size:
+        raise RisbenchError(
+            "pretrain config continue_from: the tokenizer is the continued artifact's; leave tokenizer.path and "
+            "tokenizer.vocab_size unset"
+        )
+    if not OBJECTIVES.get(cfg.objective.name).obj.continues:
+        raise RisbenchError(
+            f"pretrain config continue_from: objective '{cfg.objective.name}' cannot continue an artifact"
+        )
+    if cfg.objective.name != parent["objective"]["name"]:
+        raise IncompatibleError(
+            f"pretrain config continue_from: objective '{cfg.objective.name}' here, "
+            f"'{parent['objective']['name']}' in {parent['name']}; a stage continues the same objective's heads"
+        )
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

@@ -75,6 +75,7 @@ def objective_from_artifact(directory: Path, weights: bool = True, encoder: dict
     else random init; `encoder`: options set on the encoder's config first."""
     art = read_artifact(Path(directory))
     raw = dict(art.provenance.config)
+    raw.pop("continue_from", None)  # the artifact itself is the starting point here
     raw["tokenizer"] = {**raw.get("tokenizer", {}), "path": art.tokenizer_path}
     model = dict(raw["model"])
     model["encoder"] = {**model.get("encoder", {}), **(encoder or {}), **(art.encoder_options if weights else {})}

@@ -2,13 +2,15 @@
 
 One row per evaluated sentence of the run's final evaluation, in dataset order, columns::
 
-    index,sent_id,ref_id,exists,inter,union,iou,threshold,resolution
+    index,sent_id,ref_id,exists,inter,union,iou,threshold,resolution,kind
 
 `index` is the sentence's position in the evaluated split, `sent_id` / `ref_id` the dataset's ids,
 `exists` 1 for a sentence that refers to something (0: a negative), `inter` / `union` the pixel counts at the
 evaluation resolution (integers, so every metric can be recomputed exactly), `iou` = inter / union in
 percent rounded to 4 decimals (for reading; recomputations use the counts), `threshold` / `resolution`
-what the counts were computed at (the same on every row). gzip with mtime 0, so equal results give
+what the counts were computed at (the same on every row), `kind` the sentence's kind as its dataset
+classifies it (SynthRef: the kinds of words it uses, e.g. `shape`; empty for other datasets, absent in
+files written before it). gzip with mtime 0, so equal results give
 equal bytes. Reading needs pandas only (no torch), so that `risbench table` stays light.
 """
 
@@ -22,7 +24,7 @@ import pandas as pd
 
 from risbench.train.metrics import SentenceResult
 
-COLUMNS = ("index", "sent_id", "ref_id", "exists", "inter", "union", "iou", "threshold", "resolution")
+COLUMNS = ("index", "sent_id", "ref_id", "exists", "inter", "union", "iou", "threshold", "resolution", "kind")
 
 
 def per_sentence_path(run_dir: str | Path, split: str) -> Path:
@@ -44,6 +46,7 @@ def sentence_frame(results: list[SentenceResult], threshold: float, resolution: 
             "iou": [round(100 * r.iou, 4) for r in results],
             "threshold": threshold,
             "resolution": resolution,
+            "kind": [r.kind for r in results],
         },
         columns=list(COLUMNS),
     )
@@ -80,4 +83,6 @@ def read_per_sentence(path: str | Path) -> pd.DataFrame | None:
         return None
     if not {"index", "exists", "inter", "union"} <= set(frame.columns):
         return None
+    if "kind" in frame:
+        frame["kind"] = frame["kind"].fillna("").astype(str)
     return frame

@@ -136,6 +136,7 @@ class Beit3MaskedDataModelling(PretrainObjective):
     """BEiT-3 masked data modelling: masked words (and optionally patches) of image-text pairs."""
 
     requires = frozenset({"joint_tokens"})
+    continues = True
 
     def __init__(self, cfg: Beit3MdmConfig, encoder: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -311,17 +312,23 @@ class Beit3MaskedDataModelling(PretrainObjective):
         seq = self.encoder.final_sequence(image, ids, pad, None)
         return self.mlm_head(seq[:, self.encoder.num_vision_tokens :][masked])
 
-    def load_export(self, directory: str | Path) -> None:
-        """Load what `export` wrote to `directory` (encoder and heads), strictly."""
+    def load_export(self, directory: str | Path, strict: bool = True) -> None:
+        """Load what `export` wrote to `directory` (encoder and heads); `strict=False` keeps the init of a
+        head the file does not have (a continued stage that adds one). The encoder loads strictly."""
         state = torch.load(Path(directory) / ENCODER_FILE, map_location="cpu", weights_only=True)["model"]
         encoder = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
         self.encoder.load_state_dict(encoder, strict=True)
         for name in HEADS:
             head = getattr(self, name)
-            if head is not None:
-                head.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")})
-        if self.logit_scale is not None:
+            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            if head is not None and (strict or part):
+                head.load_state_dict(part)
+        if self.logit_scale is not None and (strict or "logit_scale" in state):
             self.logit_scale.data.copy_(state["logit_scale"])
+
+    def continue_export(self, directory: str | Path) -> None:
+        """Start from the export in `directory` (`continue_from`): its encoder and the heads it has."""
+        self.load_export(directory, strict=False)
 
     def export(self) -> dict[str, object]:
         """{"encoder.pth": {"model": {"beit3.<key>": tensor, ..., "mlm_head.*": ...}}}: the official layout."""

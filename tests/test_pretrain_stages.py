@@ -82,3 +82,18 @@ def test_a_cycle_of_stages_is_refused(tmp_path, capsys):
     assert main(["pretrain", str(a), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cycle" in err, err
+
+
+def test_the_shipped_tag_stages_continue_the_committed_artifact():
+    """`risbench pretrain beit3-conv-tiny-synthref-tags2` on a fresh clone makes two stages of 300 steps, not
+    the 3000-step first stage: the chain ends at an artifact committed under pretrained/."""
+    from risbench.train.pretrain import COMMITTED_DIR
+    from risbench.train.pretrain_config import load_pretrain_config, parent_name, resolve_pretrain_config
+
+    resolved = resolve_pretrain_config(load_pretrain_config("beit3-conv-tiny-synthref-tags2"))[1]
+    chain = []
+    while "continue_from" in resolved:
+        chain.append(parent_name(resolved))
+        resolved = resolved["continue_from"]
+    assert [name.rsplit("-", 1)[0] for name in chain] == ["beit3-conv-tiny-synthref-tags", "beit3-conv-tiny-synthref"]
+    assert (COMMITTED_DIR / chain[-1] / "pretrain.json").is_file()

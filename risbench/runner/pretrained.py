@@ -166,7 +166,12 @@ def describe_weights(weights: str) -> str:
     prov = path.parent / PRETRAIN_FILE
     if weights != "random" and prov.is_file():
         info = PretrainProvenance.read(prov)
-        return f"{path.parent.name} (pretrained: {info.objective}, {info.steps} steps)"
+        stages, config = [info.steps], info.config
+        while isinstance(config.get("continue_from"), dict):  # a staged pretraining: every stage's steps
+            config = config["continue_from"]
+            stages.insert(0, int(config["train"]["max_steps"]))
+        steps = f"{' + '.join(map(str, stages))} steps" + (f" in {len(stages)} stages" if len(stages) > 1 else "")
+        return f"{path.parent.name} (pretrained: {info.objective}, {steps})"
     try:
         return str(path.resolve().relative_to(PROJECT_ROOT))
     except (OSError, ValueError):

@@ -37,6 +37,9 @@ def test_a_stage_starts_from_its_parents_artifact_and_makes_it_first(tmp_path):
     first = find_artifact(parent_name(resolved))  # the parent was made on the way, in the cache
     assert first is not None and first.provenance.steps == 3 and art.provenance.steps == 2
     assert art.provenance.config["continue_from"]["name"] == "tiny-test"
+    from risbench.runner.pretrained import describe_weights
+
+    assert describe_weights(art.encoder_options["weights"]).endswith("(pretrained: beit3_mdm, 3 + 2 steps in 2 stages)")
     # the stage's tokenizer is its parent's, byte for byte
     assert Path(art.tokenizer_path).read_bytes() == Path(first.tokenizer_path).read_bytes()
     # before its first step, the stage holds the parent's encoder and heads; the head it adds is new

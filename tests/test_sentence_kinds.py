@@ -132,3 +132,35 @@ def test_table_columns_option_shows_a_kind_column_with_its_delta(tmp_path, capsy
     assert main(["table", str(exp), "--columns", "oiou,p60@shape"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown column 'p60@shape'" in err and "p50@<kind>" in err, err
+
+
+def test_kind_weights_draw_a_refs_sentence_of_that_kind_more_often():
+    from risbench.data.base import RefDataset
+    from risbench.data.build import build_dataset
+    from risbench.errors import RisbenchError
+
+    kw = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "train": True, "seed": 3}
+    ds = build_dataset({"name": "synthref", "num_train": 40}, "train", **kw)
+
+    def kinds() -> list[str]:
+        return [ds[i]["meta"]["kind"] for i in range(len(ds))]
+
+    plain = kinds()
+    refs = [ds.load_ref(i) for i in range(len(ds))]
+    has_shape = [any(ds.sentence_kind(s.text) == "shape" for s in r.sentences) for r in refs]
+    assert sum(has_shape) >= 5 and sum(k == "shape" for k in plain) < sum(has_shape)
+    ds.set_kind_weights({"shape": 1e12})
+    weighted = kinds()
+    assert weighted == kinds()  # the same draw on every call
+    assert all(k == "shape" for k, h in zip(weighted, has_shape, strict=True) if h)
+    ds.set_kind_weights({})
+    assert kinds() == plain
+    with pytest.raises(RisbenchError, match="does not name the kinds"):
+        RefDataset.set_kind_weights(object.__new__(type("Plain", (RefDataset,), {})), {"shape": 2.0})
+
+
+def test_kind_weights_must_be_non_negative_numbers():
+    from risbench.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"kind_weights\['shape'\] must be a number >= 0"):
+        TrainConfig(kind_weights={"shape": -1})

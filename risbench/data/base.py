@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from risbench.data.transforms import ResizeNormalize
+from risbench.errors import RisbenchError
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class RefDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._offsets: np.ndarray | None = None
+        self.kind_weights: dict[str, float] = {}
 
     # -- to implement -------------------------------------------------------------------------------------
     def num_refs(self) -> int:
@@ -98,9 +100,20 @@ class RefDataset(torch.utils.data.Dataset):
         ref = int(np.searchsorted(offsets, index, side="right") - 1)
         return ref, index - int(offsets[ref])
 
+    def set_kind_weights(self, weights: dict[str, float]) -> None:
+        """Training: draw each ref's sentence with these weights by kind (`train.kind_weights`; 1 for a kind
+        not named) instead of uniformly. Refused for a dataset that names no kinds."""
+        if weights and type(self).sentence_kind is RefDataset.sentence_kind:
+            raise RisbenchError(
+                f"train.kind_weights: {type(self).__name__} does not name the kinds of its sentences; remove it"
+            )
+        self.kind_weights = dict(weights)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref_index, sent_index = self.locate(index)
         ref = self.load_ref(ref_index)
+        if self.train and self.kind_weights:
+            sent_index = self._weighted_sentence(ref, index)
         sent = ref.sentences[sent_index]
         orig_mask = ref.mask if sent.exists else np.zeros_like(ref.mask)
         image, mask, resize = self.transform(ref.image, orig_mask)
@@ -121,6 +134,13 @@ class RefDataset(torch.utils.data.Dataset):
                 "kind": self.sentence_kind(sent.text),
             },
         }
+
+    def _weighted_sentence(self, ref: LoadedRef, index: int) -> int:
+        weights = np.array([self.kind_weights.get(self.sentence_kind(s.text), 1.0) for s in ref.sentences], float)
+        if not weights.sum() > 0:
+            weights = np.ones(len(weights))
+        u = mix_seed(self.seed, self.epoch, index, 1) / 2.0**64  # same draw on every rerun
+        return int(min(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right"), len(weights) - 1))
 
     def sentence_kind(self, text: str) -> str:
         """The kind of a sentence, for per-kind metrics (`by_kind`, table columns like `p50@shape`); ""

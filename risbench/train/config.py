@@ -47,6 +47,7 @@ LATER_DEFAULTS = {
     ("train", "milestones"): [],
     ("train", "gamma"): 0.1,
     ("train", "lr_mult"): {},
+    ("train", "kind_weights"): {},
     ("train", "loss", "existence_weight"): 1.0,
     ("train", "loss", "negative_weight"): 1.0,
 }
@@ -93,6 +94,9 @@ class TrainConfig:
     min_lr: float = 0.0
     # module prefix -> multiplier of lr (e.g. {encoder: 0.1}: CRIS's lr_multi for the backbone); longest prefix wins
     lr_mult: dict[str, float] = field(default_factory=dict)
+    # sentence kind -> weight of drawing it among its ref's sentences in training ({shape: 4}: a ref's
+    # shape-only sentence 4x as often as each other one); kinds as the dataset names them (SynthRef: word kinds)
+    kind_weights: dict[str, float] = field(default_factory=dict)
     clip_grad: float | None = 1.0  # max L2 norm of all gradients; null = off
     loss: LossConfig = field(default_factory=LossConfig)
     num_workers: int = 0
@@ -137,6 +141,9 @@ class TrainConfig:
         for prefix, value in self.lr_mult.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"lr_mult['{prefix}'] must be a number >= 0, got {value!r}")
+        for kind, value in self.kind_weights.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"kind_weights['{kind}'] must be a number >= 0, got {value!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 (or null: no clipping), got {self.clip_grad}")
         if self.max_minutes is not None and not self.max_minutes > 0:

@@ -81,6 +81,10 @@ def train(
         )
     model = comp.model
     train_ds = build_split(comp, "train", train=True, seed=cfg.seed)
+    if tcfg.kind_weights:
+        if not hasattr(train_ds, "set_kind_weights"):
+            raise RisbenchError(f"train.kind_weights: the training split ({type(train_ds).__name__}) has no kinds")
+        train_ds.set_kind_weights(tcfg.kind_weights)
     steps_per_epoch = len(train_ds) // tcfg.batch_size
     if steps_per_epoch == 0:
         raise RisbenchError(

@@ -33,6 +33,16 @@ def metric_key(name: str) -> str | None:
     return None
 
 
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    """{metric_key: value} of the entries of `values` that are a known metric with a number."""
+    out = {}
+    for name, value in values.items():
+        key = metric_key(str(name))
+        if key and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
 def split_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
     """Per-split {metric: value} of a metrics.json, keyed by `metric_key` ('oiou', 'p50', ...); values are
     percent, as risbench.train.metrics reports them; `by_kind` gives `<key>@<kind>` (e.g. 'p50@shape').
@@ -41,15 +51,10 @@ def split_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
     for split, values in metrics.splits.items():
         if not isinstance(values, dict):
             continue
-        found = {}
-        flat = list(values.items())
+        found = _numbers(values)
         for kind, per_kind in (values.get("by_kind") or {}).items():
             if isinstance(per_kind, dict):
-                flat += [(name, value, kind) for name, value in per_kind.items()]
-        for name, value, *kind in flat:
-            key = metric_key(str(name))
-            if key and isinstance(value, (int, float)) and not isinstance(value, bool):
-                found[f"{key}@{kind[0]}" if kind else key] = float(value)
+                found.update({f"{key}@{kind}": v for key, v in _numbers(per_kind).items()})
         if found:
             out[split] = found
     return out

@@ -4,6 +4,7 @@ the same intervals and paired differences as a column over all sentences."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from risbench.cli.main import main
 from risbench.runner import export, stats, tables
 from risbench.runner.columns import higher_is_better, is_column, label
 from risbench.train.metrics import SentenceResult, compute_metrics
-from risbench.train.sentences import per_sentence_path, read_per_sentence, write_per_sentence
+from risbench.train.sentences import encode, per_sentence_path, read_per_sentence, write_per_sentence
 
 KINDS = ("shape", "colour", "colour+shape")
 
@@ -164,3 +165,19 @@ def test_kind_weights_must_be_non_negative_numbers():
 
     with pytest.raises(ValueError, match=r"kind_weights\['shape'\] must be a number >= 0"):
         TrainConfig(kind_weights={"shape": -1})
+
+
+def test_runs_without_kinds_keep_their_other_deltas(tmp_path):
+    """Per-sentence files written before kinds: the columns over a kind stay empty, the others keep their Δ."""
+    exp = _write_runs(tmp_path, ["oiou", "p50@shape"])
+    for metrics in exp.glob("*/metrics.json"):
+        data = json.loads(metrics.read_text())
+        del data["splits"]["val"]["by_kind"]
+        metrics.write_text(json.dumps(data))
+        path = per_sentence_path(metrics.parent, "val")
+        frame = read_per_sentence(path).drop(columns=["kind"])
+        path.write_bytes(encode(frame))
+    t = tables.table_for_dir(exp)
+    assert t.stats is not None and t.stats.separable.loc["better", "oiou"] is not None
+    assert not np.isnan(t.stats.diff.loc["better", "oiou"]) and np.isnan(t.stats.diff.loc["better", "p50@shape"])
+    assert "P@0.5 (shape)" in export.render(t, "markdown")

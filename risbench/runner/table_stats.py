@@ -160,6 +160,8 @@ def compute_stats(
             continue
         mine_counts, ref_counts = [usable[s].counts for s in common], [ref_runs[s].counts for s in common]
         plain, robust = [m for m in acc if m not in ROBUST], [m for m in acc if m in ROBUST]
+        if any(c.kind is None for c in [*mine_counts, *ref_counts]):  # files written before kinds: no Δ by kind
+            plain = [m for m in plain if "@" not in m]
         result = stats.paired_bootstrap(mine_counts, ref_counts, plain, replicates=replicates) if plain else {}
         if robust:
             groups = ref_runs[common[0]].groups

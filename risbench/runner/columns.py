@@ -45,6 +45,11 @@ def is_column(col: str) -> bool:
     return base in SLICE_BASES and bool(kind) and all(c.isalnum() or c in "+_-" for c in kind)
 
 
+def known_columns() -> list[str]:
+    """The names an unknown column is matched against ("did you mean"): COLUMNS and `<base>@<kind>`."""
+    return [*COLUMNS, *(f"{b}@<kind>" for b in SLICE_BASES)]
+
+
 def label(col: str) -> str:
     """The column's header: 'P@0.5', or 'P@0.5 (shape)' for a column over one kind of sentence."""
     base, kind = split_column(col)

@@ -44,7 +44,7 @@ from typing import Any
 
 from risbench.config import PROJECT_ROOT, parse_override, to_dataclass
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
-from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER, SLICE_BASES, higher_is_better, is_column
+from risbench.runner.columns import COLUMNS, HIGHER_IS_BETTER, higher_is_better, is_column, known_columns
 from risbench.runner.pretrained import PretrainRef, apply_pretrain, resolve_pretrain_ref
 from risbench.runner.resolve import RUN_SECTIONS, key_exists, load_recipe, resolve_base, validate_run_config
 from risbench.spec import SECTION_KEYS, full_key, load_config, merge, resolve_model, set_key
@@ -73,8 +73,7 @@ class TableSpec:
         # ValueError: to_dataclass prefixes it with the file and the key
         for col in self.columns:
             if not is_column(col):
-                known = [*COLUMNS, *(f"{b}@<kind>" for b in SLICE_BASES)]
-                raise ValueError("columns: " + unknown_name_message("column", col, known))
+                raise ValueError("columns: " + unknown_name_message("column", col, known_columns()))
         accuracy = [c for c in COLUMNS if c in HIGHER_IS_BETTER]
         for col in self.delta:
             if not higher_is_better(col):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from risbench.errors import UnknownNameError, unknown_name_message
 from risbench.runner import stats
+from risbench.runner.columns import split_column
 from risbench.runner.stats_robust import ROBUST, paired_ref_bootstrap, ref_groups, robust_point
 
 DEFAULT_DELTA = ("oiou", "miou")
@@ -116,7 +117,7 @@ def compute_stats(
             ci = stats.seed_interval(list(values))
             if ci.low is not None:
                 ci_low.loc[variant, metric], ci_high.loc[variant, metric] = ci.low, ci.high
-    acc = [c for c in columns if c.partition("@")[0] in stats.ACCURACY or c in ROBUST]
+    acc = [c for c in columns if split_column(c)[0] in stats.ACCURACY or c in ROBUST]
     diff = pd.DataFrame(math.nan, index=variants, columns=acc)
     out = TableStats(
         reference, ci_low, ci_high, diff, diff.copy(), diff.copy(),
@@ -161,7 +162,7 @@ def compute_stats(
         mine_counts, ref_counts = [usable[s].counts for s in common], [ref_runs[s].counts for s in common]
         plain, robust = [m for m in acc if m not in ROBUST], [m for m in acc if m in ROBUST]
         if any(c.kind is None for c in [*mine_counts, *ref_counts]):  # files written before kinds: no Δ by kind
-            plain = [m for m in plain if "@" not in m]
+            plain = [m for m in plain if split_column(m)[1] is None]
         result = stats.paired_bootstrap(mine_counts, ref_counts, plain, replicates=replicates) if plain else {}
         if robust:
             groups = ref_runs[common[0]].groups

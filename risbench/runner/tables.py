@@ -23,7 +23,16 @@ from risbench.config import PROJECT_ROOT, registry_dir
 from risbench.errors import RisbenchError, UnknownNameError, unknown_name_message
 from risbench.results import FLOPS_FILE, METRICS_FILE, Flops, Metrics
 from risbench.runner.collect import collect, read_json
-from risbench.runner.columns import COLUMNS, COST, DECIMALS, LABELS, SLICE_BASES, higher_is_better, is_column
+from risbench.runner.columns import (
+    COLUMNS,
+    COST,
+    DECIMALS,
+    LABELS,
+    higher_is_better,
+    is_column,
+    known_columns,
+    split_column,
+)
 from risbench.runner.columns import label as column_label
 from risbench.runner.pretrained import describe_weights
 from risbench.runner.stats import DEFAULT_REPLICATES
@@ -258,7 +267,7 @@ def caption_for(
     if accuracy:
         parts.append(f"Ours: {one(datasets, 'dataset ?')}, split {split}")
         parts.append(f"mask threshold {one(thresholds, '0.35')}, metrics at {one(resolutions, 'original')} resolution")
-        kinds = [c for c in spec.get("columns", ()) if "@" in c]
+        kinds = [c for c in spec.get("columns", ()) if split_column(c)[1] is not None]
         if kinds:
             parts.append(
                 f"{column_label(kinds[0])} and the like: over the positive sentences of that kind as the dataset "
@@ -311,11 +320,11 @@ def table_for_dir(
     if show is not None:
         unknown = [c for c in show if not is_column(c)]
         if unknown:
-            known = [*COLUMNS, *(f"{b}@<kind>" for b in SLICE_BASES)]
-            raise UnknownNameError("--columns: " + unknown_name_message("column", unknown[0], known))
+            raise UnknownNameError("--columns: " + unknown_name_message("column", unknown[0], known_columns()))
         spec = dict(meta.get("table") or {})
         delta = [c for c in spec.get("delta", DEFAULT_DELTA) if c in show]
-        spec.update(columns=list(show), delta=delta + [c for c in show if "@" in c and c not in delta])
+        delta += [c for c in show if split_column(c)[1] is not None and c not in delta]  # each kind column's Δ
+        spec.update(columns=list(show), delta=delta)
         meta = {**meta, "table": spec}
     tidy = collect(runs_dir)
     if tidy.empty:
